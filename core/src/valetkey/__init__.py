@@ -1,0 +1,3 @@
+"""The valetkey kernel."""
+
+__version__ = "0.1.0"

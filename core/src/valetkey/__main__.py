@@ -1,0 +1,5 @@
+"""``python -m valetkey`` runs the CLI."""
+
+from valetkey.cli.main import run
+
+run()
