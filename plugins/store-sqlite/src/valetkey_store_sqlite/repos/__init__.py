@@ -1,0 +1,1 @@
+"""The store's repositories, one module per record type; each wraps the shared ``Database``."""

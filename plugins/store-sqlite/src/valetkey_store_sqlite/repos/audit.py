@@ -1,0 +1,122 @@
+"""The append-only, hash-chained audit log (``valetkey_hookspecs.audit``).
+
+``append`` is one hop and one ``BEGIN IMMEDIATE`` transaction that reads the head and inserts
+after it: the write lock is taken before the head is read, so two processes appending to one file
+never fork the chain. ``at`` is normalised to UTC and ``detail`` to its JSON form before hashing,
+so the event returned, the event stored and the event listed later hash the same.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import sqlite3
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from valetkey_hookspecs.audit import GENESIS, audit_hash
+from valetkey_hookspecs.errors import InvalidInput
+from valetkey_hookspecs.types import AuditEvent, utcnow
+
+from ..codec import from_json, from_us, to_us
+from ..db import Database
+from ._sql import where
+
+COLUMNS = "seq, at, action, actor, owner, connection_id, detail, prev_hash, hash"
+
+
+def event_from(row: sqlite3.Row) -> AuditEvent:
+    """An ``AuditEvent`` from a row."""
+    return AuditEvent(
+        seq=row["seq"],
+        at=from_us(row["at"]),
+        action=row["action"],
+        actor=row["actor"],
+        owner=row["owner"],
+        connection_id=row["connection_id"],
+        detail=from_json(row["detail"]),
+        prev_hash=row["prev_hash"],
+        hash=row["hash"],
+    )
+
+
+def _detail_json(detail: Mapping[str, Any] | None) -> str:
+    # the same fallback (``default=str``) as audit_hash, so what is stored is what was hashed
+    try:
+        return json.dumps(dict(detail or {}), sort_keys=True, separators=(",", ":"), default=str)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"audit detail must be JSON data: {exc}") from None
+
+
+class SqliteAuditLog:
+    """``AuditLog`` on SQLite."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def append(
+        self,
+        action: str,
+        *,
+        actor: str,
+        owner: str | None = None,
+        connection_id: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+        at: datetime | None = None,
+    ) -> AuditEvent:
+        """Append atomically after the current head, computing ``prev_hash`` and ``hash``."""
+        when_us = to_us(at if at is not None else utcnow(), "audit at")
+        when = from_us(when_us)  # UTC, microseconds: exactly what a later read returns
+        detail_text = _detail_json(detail)
+        clean_detail = from_json(detail_text)
+
+        def write(raw: sqlite3.Connection) -> AuditEvent:
+            head = raw.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+            seq, prev = (head[0] + 1, head[1]) if head is not None else (1, GENESIS)
+            digest = audit_hash(
+                prev,
+                seq=seq,
+                at=when,
+                action=action,
+                actor=actor,
+                owner=owner,
+                connection_id=connection_id,
+                detail=clean_detail,
+            )
+            raw.execute(
+                f"INSERT INTO audit ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (seq, when_us, action, actor, owner, connection_id, detail_text, prev, digest),
+            )
+            return AuditEvent(
+                seq=seq,
+                at=when,
+                action=action,
+                actor=actor,
+                owner=owner,
+                connection_id=connection_id,
+                detail=clean_detail,
+                prev_hash=prev,
+                hash=digest,
+            )
+
+        return await self._db.transaction(write)
+
+    async def list(
+        self,
+        *,
+        owner: str | None = None,
+        connection_id: str | None = None,
+        after_seq: int = 0,
+        limit: int = 1000,
+    ) -> builtins.list[AuditEvent]:
+        """Events in ``seq`` order."""
+        if limit <= 0:
+            return []
+        clause, params = where(
+            {"owner = ?": owner, "connection_id = ?": connection_id, "seq > ?": after_seq}
+        )
+        rows = await self._db.fetchall(
+            f"SELECT {COLUMNS} FROM audit {clause} ORDER BY seq LIMIT ?", (*params, limit)
+        )
+        return [event_from(row) for row in rows]
