@@ -1,0 +1,34 @@
+"""notify-log: the default notifier — every notification becomes one log line (logger
+``valetkey.notify``), at WARNING for events that need a person (re-auth), INFO otherwise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from valetkey_hookspecs import PluginContext, hookimpl
+from valetkey_hookspecs.interfaces import RegisterFactory
+
+from .notifier import LogNotifier
+
+
+@dataclass(frozen=True)
+class Config:
+    """``[plugin.notify-log]``."""
+
+    #: logging level for events that need a person
+    level: str = "WARNING"
+
+
+@hookimpl
+def valetkey_config_schema() -> type[Config]:
+    return Config
+
+
+@hookimpl
+def valetkey_register_notifiers(register: RegisterFactory[LogNotifier]) -> None:
+    register("log", _factory, default=True)
+
+
+def _factory(ctx: PluginContext) -> LogNotifier:
+    config: Config = ctx.config or Config()
+    return LogNotifier(level=config.level)
