@@ -1,0 +1,259 @@
+"""The kernel facade: driver selection, duplicates, per-plugin config, factory failures,
+notification fan-out, and composition of commands, routes, MCP tools and services."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import pytest
+
+from valetkey.kernel import load
+from valetkey.policy import parse_policy
+from valetkey_hookspecs import (
+    AuthSpec,
+    AuthType,
+    ConfigError,
+    Connector,
+    NotFound,
+    Notification,
+    PluginError,
+    hookimpl,
+)
+
+
+def kernel_with(*plugins, **policy):
+    names = {f"p{i}": p for i, p in enumerate(plugins)}
+    doc = {"autoload": False, "enable": list(names), **policy}
+    return load(policy=parse_policy(doc), extra_plugins=names)
+
+
+class StoreA:
+    @hookimpl
+    def valetkey_register_stores(self, register):
+        register("a", lambda ctx: ("store-a", ctx.plugin, ctx.config), default=True)
+
+
+class StoreB:
+    @hookimpl
+    def valetkey_register_stores(self, register):
+        register("b", lambda ctx: ("store-b", ctx.plugin))
+
+
+def test_the_only_driver_is_selected():
+    assert kernel_with(StoreB()).store == ("store-b", "p0")
+
+
+def test_the_default_wins_among_several_and_select_overrides():
+    assert kernel_with(StoreA(), StoreB()).store[0] == "store-a"
+    assert kernel_with(StoreA(), StoreB(), select={"store": "b"}).store[0] == "store-b"
+
+
+def test_unknown_selection_and_missing_driver_are_clear():
+    with pytest.raises(ConfigError) as info:
+        _ = kernel_with(StoreA(), select={"store": "zz"}).store
+    assert str(info.value) == "[select] store = 'zz': no such store is registered (known: a)"
+    with pytest.raises(ConfigError, match="no store is available"):
+        _ = kernel_with().store
+
+
+def test_several_without_a_default_asks_for_select():
+    class StoreC:
+        @hookimpl
+        def valetkey_register_stores(self, register):
+            register("c", lambda ctx: "c")
+
+    with pytest.raises(ConfigError, match=r"several store drivers are registered \(b, c\)"):
+        _ = kernel_with(StoreB(), StoreC()).store
+
+
+def test_a_duplicate_driver_name_is_a_problem_and_the_first_is_kept():
+    class AlsoA:
+        @hookimpl
+        def valetkey_register_stores(self, register):
+            register("a", lambda ctx: "impostor")
+
+    kernel = kernel_with(StoreA(), AlsoA())
+    assert kernel.store[0] == "store-a"
+    assert "store 'a' is registered by both 'p0' and 'p1'; keeping 'p0''s" in kernel.problems
+
+
+def test_each_factory_gets_its_own_validated_config():
+    @dataclass
+    class Cfg:
+        size: int = 1
+
+    class Configured(StoreA):
+        @hookimpl
+        def valetkey_config_schema(self):
+            return Cfg
+
+    kernel = kernel_with(Configured(), plugin={"p0": {"size": 7}})
+    assert kernel.store == ("store-a", "p0", Cfg(size=7))
+    bad = kernel_with(Configured(), plugin={"p0": {"size": "big"}})
+    with pytest.raises(ConfigError, match=r"\[plugin.p0\]: Expected `int`, got `str`"):
+        _ = bad.store
+    assert bad.config_problems() == [
+        "[plugin.p0]: Expected `int`, got `str` - at `[plugin.p0].size`"
+    ]
+
+
+def test_a_factory_that_raises_becomes_a_plugin_error_naming_it():
+    class Exploding:
+        @hookimpl
+        def valetkey_register_stores(self, register):
+            register("x", lambda ctx: 1 / 0)
+
+    with pytest.raises(PluginError) as info:
+        _ = kernel_with(Exploding()).store
+    assert str(info.value) == (
+        "plugin 'p0' could not build store 'x': ZeroDivisionError: division by zero"
+    )
+
+
+def test_a_registry_hook_that_raises_is_recorded_not_fatal():
+    class Bad:
+        @hookimpl
+        def valetkey_register_connectors(self, register):
+            raise ValueError("catalog file unreadable")
+
+    class Good:
+        @hookimpl
+        def valetkey_register_connectors(self, register):
+            register(Connector(slug="ok", name="Ok", auth=AuthSpec(type=AuthType.API_KEY)))
+
+    kernel = kernel_with(Bad(), Good())
+    assert [c.slug for c in kernel.connectors] == ["ok"]
+    assert kernel.problems == [
+        "plugin 'p0' failed in valetkey_register_connectors: ValueError: catalog file unreadable"
+    ]
+    with pytest.raises(PluginError, match="catalog file unreadable"):
+        _ = kernel_with(Bad(), strict=True).connectors
+
+
+def test_connector_lookup_and_duplicate_slugs():
+    def plugin(name):
+        class P:
+            @hookimpl
+            def valetkey_register_connectors(self, register):
+                register(Connector(slug="acme", name=name, auth=AuthSpec(type=AuthType.API_KEY)))
+
+        return P()
+
+    kernel = kernel_with(plugin("first"), plugin("second"))
+    assert kernel.connectors.get("acme").name == "first"
+    assert (
+        "connector 'acme' is registered by both 'p0' and 'p1'; keeping the first" in kernel.problems
+    )
+    with pytest.raises(NotFound, match="unknown connector 'nope'"):
+        kernel.connectors.get("nope")
+
+
+@pytest.mark.anyio
+async def test_notify_reaches_every_notifier_even_when_one_fails(caplog):
+    got = []
+
+    class Good:
+        name = "good"
+
+        async def notify(self, n):
+            got.append(n.kind)
+
+    class Broken:
+        name = "broken"
+
+        async def notify(self, n):
+            raise RuntimeError("smtp down")
+
+    class P:
+        @hookimpl
+        def valetkey_register_notifiers(self, register):
+            register("broken", lambda ctx: Broken())
+            register("good", lambda ctx: Good())
+
+    kernel = kernel_with(P())
+    with caplog.at_level(logging.ERROR, logger="valetkey.kernel"):
+        await kernel.notify(Notification(kind="needs_reauth", message="m"))
+    assert got == ["needs_reauth"]
+    assert "notifier broken failed for needs_reauth: RuntimeError: smtp down" in caplog.text
+
+
+def test_mcp_tools_routes_services_and_commands_are_collected_with_their_plugin():
+    async def tool_a() -> str:
+        return "a"
+
+    async def svc() -> None:
+        return None
+
+    class P:
+        @hookimpl
+        def valetkey_register_mcp_tools(self, register):
+            register(tool_a, description="A")
+
+        @hookimpl
+        def valetkey_register_routes(self, register, kernel):
+            register("/thing", object())
+
+        @hookimpl
+        def valetkey_register_services(self, register):
+            register("svc", svc)
+
+        @hookimpl
+        def valetkey_register_commands(self, app):
+            app.command(lambda: 7, name="seven")
+
+    kernel = kernel_with(P())
+    tools = {t.name: t.plugin for t in kernel.mcp_tools()}
+    assert tools == {"tool_a": "p0", "valetkey_status": "valetkey"}
+    assert [(r.prefix, r.plugin) for r in kernel.routes()] == [("/thing", "p0")]
+    assert [(s.name, s.plugin) for s in kernel.services()] == [("svc", "p0")]
+    from valetkey.cli.main import build_app
+
+    assert build_app(kernel)(["seven"], result_action="return_value") == 7
+
+
+def test_duplicate_tools_and_reserved_routes_are_refused():
+    async def t() -> None:
+        return None
+
+    class P:
+        @hookimpl
+        def valetkey_register_mcp_tools(self, register):
+            register(t, name="valetkey_status")
+
+        @hookimpl
+        def valetkey_register_routes(self, register):
+            register("/mcp", object())
+
+    kernel = kernel_with(P())
+    kernel.mcp_tools()
+    kernel.routes()
+    assert (
+        "plugin 'p0' failed in valetkey_register_mcp_tools: PluginError: MCP tool "
+        "'valetkey_status' is registered by both 'valetkey' and 'p0'" in kernel.problems
+    )
+    assert any("route prefix '/mcp' is invalid or reserved" in p for p in kernel.problems)
+
+
+def test_the_essential_plugin_cannot_be_disabled():
+    kernel = load(policy=parse_policy({"disable": ["valetkey"], "autoload": False}))
+    assert [p.name for p in kernel.plugins if p.loaded] == ["valetkey"]
+
+
+def test_box_runtimes_and_credential_providers_by_name():
+    class P:
+        @hookimpl
+        def valetkey_register_box_runtimes(self, register):
+            register("fake-engine", lambda ctx: "engine")
+
+        @hookimpl
+        def valetkey_register_credential_providers(self, register):
+            register("pkce", lambda ctx: "provider")
+
+    kernel = kernel_with(P())
+    assert kernel.runtime() == "engine" and kernel.runtime("fake-engine") == "engine"
+    assert kernel.credential_provider("pkce") == "provider"
+    with pytest.raises(NotFound, match=r"no box runtime named 'docker' \(known: fake-engine\)"):
+        kernel.runtime("docker")
+    with pytest.raises(NotFound, match=r"no credential provider named 'x' \(known: pkce\)"):
+        kernel.credential_provider("x")
