@@ -8,7 +8,7 @@ import pytest
 from valetkey_notify_log.notifier import LogNotifier
 
 from valetkey_hookspecs import ConfigError, Notification
-from valetkey_hookspecs.testing import NotifierContract
+from valetkey_hookspecs.testing import NotifierContract, PluginContract
 
 
 class TestLogNotifier(NotifierContract):
@@ -40,3 +40,9 @@ def test_unknown_level_is_a_config_error_naming_the_key():
         ConfigError, match=r"\[plugin.notify-log\] level: unknown logging level 'LOUD'"
     ):
         LogNotifier(level="LOUD")
+
+
+class TestPlugin(PluginContract):
+    @pytest.fixture
+    def plugin_name(self):
+        return "notify-log"

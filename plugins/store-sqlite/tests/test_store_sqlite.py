@@ -28,7 +28,7 @@ from valetkey_hookspecs import (
     Sealed,
 )
 from valetkey_hookspecs.audit import verify_chain
-from valetkey_hookspecs.testing import StoreContract
+from valetkey_hookspecs.testing import PluginContract, StoreContract
 from valetkey_store_sqlite.config import SqliteConfig
 from valetkey_store_sqlite.migrations import MIGRATIONS, apply_migrations
 from valetkey_store_sqlite.store import SqliteStore
@@ -359,3 +359,9 @@ async def test_lease_needs_a_positive_ttl(store: SqliteStore) -> None:
     with pytest.raises(InvalidInput, match="ttl"):
         await store.leases.acquire("l", "worker-a", 0)
     assert await store.leases.holder("l") is None
+
+
+class TestPlugin(PluginContract):
+    @pytest.fixture
+    def plugin_name(self):
+        return "store-sqlite"
