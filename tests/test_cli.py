@@ -10,6 +10,8 @@ def hello(name: str) -> int:
     """Say hello."""
     if name == "bad":
         raise InvalidInput("bad is not a name")
+    if name == "bug":
+        raise KeyError("oops")
     print(f"hello {name}")
     return 0
 
@@ -73,3 +75,16 @@ def test_a_broken_config_file_is_one_line_and_help_still_works(run_cli, tmp_path
     doctor = run_cli("plugins", "doctor", env=env)
     assert doctor.returncode == 1
     assert "invalid TOML" in doctor.stderr
+
+
+def test_a_bug_is_one_line_unless_debugging(run_cli, install_plugin):
+    install_plugin("greeter", COMMAND_PLUGIN)
+    proc = run_cli("hello", "bug")
+    assert proc.returncode == 70
+    assert proc.stderr == (
+        "valetkey: internal error: KeyError: 'oops' "
+        "(set VALETKEY_DEBUG=1 for the traceback, and please report it)\n"
+    )
+    debug = run_cli("hello", "bug", env={"VALETKEY_DEBUG": "1"})
+    assert debug.returncode == 1
+    assert "Traceback" in debug.stderr

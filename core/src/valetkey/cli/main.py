@@ -7,6 +7,7 @@ and lets every loaded plugin add its commands. Expected errors (``ValetkeyError`
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,6 +100,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("valetkey: interrupted\n")
         return 130
+    except Exception as exc:  # a bug: one line, the traceback on request
+        if os.environ.get("VALETKEY_DEBUG"):
+            raise
+        sys.stderr.write(
+            f"valetkey: internal error: {type(exc).__name__}: {log.redact_text(str(exc))} "
+            "(set VALETKEY_DEBUG=1 for the traceback, and please report it)\n"
+        )
+        return 70
     if isinstance(result, bool):
         return 0 if result else 1
     return result if isinstance(result, int) else 0
