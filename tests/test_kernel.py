@@ -257,3 +257,26 @@ def test_box_runtimes_and_credential_providers_by_name():
         kernel.runtime("docker")
     with pytest.raises(NotFound, match=r"no credential provider named 'x' \(known: pkce\)"):
         kernel.credential_provider("x")
+
+
+def test_doctor_collects_each_plugins_own_problems():
+    class Unwell:
+        @hookimpl
+        def valetkey_doctor(self, kernel):
+            return ["connectors/acme.toml: auth.token_url is missing"]
+
+    class Fine:
+        @hookimpl
+        def valetkey_doctor(self):
+            return []
+
+    class Crashing:
+        @hookimpl
+        def valetkey_doctor(self):
+            raise OSError("keyring locked")
+
+    kernel = kernel_with(Unwell(), Fine(), Crashing())
+    assert kernel.doctor() == [
+        "plugin 'p0': connectors/acme.toml: auth.token_url is missing",
+        "plugin 'p2' failed in valetkey_doctor: OSError: keyring locked",
+    ]

@@ -356,6 +356,21 @@ class Kernel:
             self._call("valetkey_register_connectors", impl, register=register)
         return ConnectorCatalog(c for c, _ in seen.values())
 
+    def doctor(self) -> list[str]:
+        """Every plugin's own problems (``valetkey_doctor``), each prefixed with its plugin."""
+        found: list[str] = []
+        kwargs = {"kernel": self}
+        for impl in self._impls("valetkey_doctor"):
+            try:
+                problems = impl.function(*[kwargs[name] for name in impl.argnames])
+                found.extend(f"plugin {impl.plugin_name!r}: {p}" for p in problems or [])
+            except Exception as exc:
+                found.append(
+                    f"plugin {impl.plugin_name!r} failed in valetkey_doctor: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+        return found
+
     def register_commands(self, app: Any) -> None:
         """Let every plugin add its CLI commands to ``app``."""
         for impl in self._impls("valetkey_register_commands"):

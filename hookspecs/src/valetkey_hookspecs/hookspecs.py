@@ -175,3 +175,15 @@ def valetkey_register_services(register: RegisterService, kernel: KernelAPI) -> 
 
     .. versionadded:: 0.1
     """
+
+
+@hookspec
+def valetkey_doctor(kernel: KernelAPI) -> list[str] | None:
+    """Report this plugin's own problems for ``valetkey plugins doctor`` (a bad user connector
+    file, an unreachable keyring or container engine, ...). Keep it quick and side-effect free.
+
+    :param kernel: the kernel (nothing is opened).
+    :return: one line per problem, naming what is wrong and where; nothing when all is well.
+
+    .. versionadded:: 0.1
+    """

@@ -558,6 +558,83 @@ class CredentialProvider(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True, repr=False)
+class AuthorizationRequest:
+    """An authorization-code request ready to send a person to: the URL, and what the callback
+    must be checked against and exchanged with. ``verifier`` is a secret (PKCE)."""
+
+    url: str
+    state: str
+    verifier: str | None
+    redirect_uri: str
+    scopes: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"AuthorizationRequest(url={self.url!r}, redirect_uri={self.redirect_uri!r})"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class DeviceAuthorization:
+    """An RFC 8628 device authorization: show ``user_code`` and ``verification_uri`` to a
+    person, then poll with ``device_code`` (a secret) every ``interval`` seconds."""
+
+    device_code: str
+    user_code: str
+    verification_uri: str
+    expires_in: float
+    interval: float = 5.0
+    verification_uri_complete: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"DeviceAuthorization(user_code={self.user_code!r}, "
+            f"verification_uri={self.verification_uri!r})"
+        )
+
+
+@runtime_checkable
+class OAuthFlows(Protocol):
+    """The OAuth 2.0 building blocks a credential provider for ``AuthType.OAUTH2`` offers, so the
+    broker's REST API and CLI can run flows whose redirect or display they own.
+
+    Every call that reaches a provider honours the connector's rate profile (``RateLimited``,
+    nothing sent, when over it) and maps ``invalid_grant`` to ``NeedsReauth``.
+    """
+
+    def authorization_request(
+        self, connector: Connector, redirect_uri: str, scopes: Sequence[str] = ()
+    ) -> AuthorizationRequest:
+        """A PKCE (S256) authorization URL with a fresh state."""
+        ...
+
+    async def exchange_code(
+        self, connector: Connector, request: AuthorizationRequest, code: str
+    ) -> Secret:
+        """Exchange an authorization code (after the caller checked the state)."""
+        ...
+
+    async def start_device(
+        self, connector: Connector, scopes: Sequence[str] = ()
+    ) -> DeviceAuthorization:
+        """Start a device authorization (RFC 8628)."""
+        ...
+
+    async def poll_device(
+        self,
+        connector: Connector,
+        device: DeviceAuthorization,
+        on_wait: Callable[[float], None] | None = None,
+    ) -> Secret:
+        """Poll until approved; ``authorization_pending`` waits, ``slow_down`` adds 5 s,
+        ``expired_token`` / ``access_denied`` raise ``Unauthorized`` with a clear message.
+        ``on_wait(seconds_left)`` is called before each wait (progress)."""
+        ...
+
+    async def client_credentials(self, connector: Connector, scopes: Sequence[str] = ()) -> Secret:
+        """A token for the client itself (RFC 6749 section 4.4)."""
+        ...
+
+
 # =========================================================================== the kernel facade
 
 

@@ -56,6 +56,8 @@ class Injection:
     #: ``{token}`` is replaced by the access token or API key, ``{secret}`` by the API secret
     format: str = "Bearer {token}"
     remove_headers: tuple[str, ...] = ()
+    #: extra headers; values may place ``{token}`` / ``{secret}`` too (two-header APIs such as
+    #: ``APCA-API-KEY-ID`` + ``APCA-API-SECRET-KEY``), merged with the client's value comma-joined
     add_headers: Mapping[str, str] = field(default_factory=dict)
     #: name of the environment variable that carries the placeholder inside a run (``GITHUB_TOKEN``)
     env_var: str | None = None

@@ -122,6 +122,7 @@ def doctor_problems() -> list[str]:
         except ValetkeyError as exc:
             problems.append(str(exc))
     _ = kernel.connectors  # registration errors land in kernel.problems
+    problems.extend(kernel.doctor())
     return list(dict.fromkeys(kernel.problems + problems))  # in order, without repeats
 
 
