@@ -280,3 +280,59 @@ def test_doctor_collects_each_plugins_own_problems():
         "plugin 'p0': connectors/acme.toml: auth.token_url is missing",
         "plugin 'p2' failed in valetkey_doctor: OSError: keyring locked",
     ]
+
+
+@pytest.mark.anyio
+async def test_a_notifier_that_cannot_be_built_does_not_stop_the_others(caplog):
+    got = []
+
+    class Good:
+        name = "good"
+
+        async def notify(self, n):
+            got.append(n.kind)
+
+    class P:
+        @hookimpl
+        def valetkey_register_notifiers(self, register):
+            register("a-broken", lambda ctx: (_ for _ in ()).throw(ValueError("bad level")))
+            register("good", lambda ctx: Good())
+
+    kernel = kernel_with(P())
+    with caplog.at_level(logging.ERROR, logger="valetkey.kernel"):
+        await kernel.notify(Notification(kind="needs_reauth", message="m"))
+    assert got == ["needs_reauth"]
+    assert "notifier a-broken failed for needs_reauth: PluginError" in caplog.text
+
+
+def test_factory_errors_are_redacted():
+    class Leaky:
+        @hookimpl
+        def valetkey_register_stores(self, register):
+            def factory(ctx):
+                raise RuntimeError("connect failed for postgres://app:hunter2secret@db/x")
+
+            register("x", factory)
+
+    with pytest.raises(PluginError) as info:
+        _ = kernel_with(Leaky()).store
+    assert "hunter2secret" not in str(info.value)
+    assert "postgres://app:[REDACTED]@db/x" in str(info.value)
+
+
+def test_the_same_module_under_two_names_is_recorded_not_a_crash():
+    import types
+
+    module = types.ModuleType("vk_twice")
+    kernel = kernel_with(module, module)
+    records = {p.name: p for p in kernel.plugins}
+    assert records["p0"].loaded
+    assert records["p1"].error == "the same module is already registered as plugin 'p0'"
+
+
+def test_box_spec_repr_shows_env_names_not_values():
+    from valetkey_hookspecs import BoxSpec
+
+    spec = BoxSpec(box_id="b1", image="img", env={"GITHUB_TOKEN": "ghp_realvalue123"})
+    assert "ghp_realvalue123" not in repr(spec)
+    assert "GITHUB_TOKEN" in repr(spec)

@@ -41,6 +41,12 @@ def test_registered_secrets_are_redacted_in_messages_and_args(captured):
         "refresh_token=rt-0123456789&grant_type=refresh_token",
         "client_secret=cs-abcdefgh",
         "x-api-key: sk-live-1234567890",
+        "{'access_token': 'at-9f8e7d6c5b4a'}",
+        "headers={'Authorization': 'token ya29.a0AfH6SMBx'}",
+        "PRIVATE-TOKEN: cs-abcdefgh",
+        "X-Auth-Token=sk-live-1234567890",
+        "code=rt-0123456789&code_verifier=dmFsZXRrZXk6c2VjcmV0",
+        "postgres://app:cs-abcdefgh@db.example/valetkey",
     ],
 )
 def test_credential_shaped_values_are_redacted(captured, line):
@@ -75,3 +81,33 @@ def test_short_values_are_not_registered(captured):
     log.register_secret("abc")
     logger.info("abc def")
     assert stream.getvalue().strip() == "abc def"
+
+
+def test_the_root_handler_redacts_every_library_and_chained_causes(tmp_path):
+    """Run in a subprocess: log.setup() owns the root logger, so a third-party logger (the MCP
+    SDK, httpx, uvicorn) and an exception whose cause holds the secret are redacted too."""
+    import subprocess
+    import sys
+
+    script = """
+import logging
+from valetkey import log
+log.setup()
+log.register_secret("gho_topsecret123456")
+logging.basicConfig(level=logging.INFO)  # what the MCP SDK does: must add nothing
+other = logging.getLogger("mcp.server.lowlevel")
+try:
+    try:
+        raise KeyError("gho_topsecret123456")
+    except KeyError as inner:
+        raise RuntimeError() from inner
+except RuntimeError:
+    other.exception("tool raised")
+other.warning("Authorization: Bearer gho_topsecret123456")
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert "gho_topsecret123456" not in proc.stderr
+    assert "tool raised" in proc.stderr and "KeyError: '[REDACTED]'" in proc.stderr
+    assert proc.stderr.count("[REDACTED]") >= 2

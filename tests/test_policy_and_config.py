@@ -145,3 +145,26 @@ def test_config_show_redacts(run_cli, tmp_path):
     assert 'token = "[REDACTED]"' in proc.stdout
     assert 'dsn = "[REDACTED] ($env PGDSN)"' in proc.stdout
     assert 'level = "ERROR"' in proc.stdout
+
+
+def test_a_found_config_writable_by_others_is_refused(run_cli, tmp_path):
+    work = tmp_path / "work"
+    config = work / "plugins.toml"
+    config.write_text('disable = ["notify-log"]\n')
+    config.chmod(0o666)
+    proc = run_cli("plugins", "list")
+    assert proc.returncode == 78
+    assert proc.stderr.strip() == (
+        f"valetkey: error: {config} is owned by another user or writable by others: refusing "
+        f"to use it (chmod go-w {config}, or name a config with VALETKEY_CONFIG)"
+    )
+    config.chmod(0o644)
+    assert run_cli("plugins", "list").returncode == 0
+
+
+def test_a_bad_notify_log_level_is_found_by_doctor(run_cli, tmp_path):
+    config = tmp_path / "p.toml"
+    config.write_text('[plugin.notify-log]\nlevel = "LOUD"\n')
+    proc = run_cli("plugins", "doctor", env={"VALETKEY_CONFIG": str(config)})
+    assert proc.returncode == 1
+    assert "[plugin.notify-log] level: unknown logging level 'LOUD'" in proc.stderr

@@ -82,19 +82,38 @@ def test_serve_stops_cleanly_on_sigint():
     assert "Traceback" not in err
 
 
-def test_mcp_endpoint_refuses_a_foreign_host_header():
-    proc, url = start_server()
+def test_every_route_refuses_a_foreign_host_header_and_allow_host_admits_one():
+    """DNS-rebinding protection on the whole app, not only /mcp."""
+    proc, url = start_server("--allow-host", "valetkey.internal")
     try:
         wait_ready(url)
-        response = httpx.post(
-            f"{url}/mcp",
-            headers={"Host": "evil.example", "Content-Type": "application/json"},
-            content=b"{}",
-        )
-        assert response.status_code == 421
+        for path in ("/healthz", "/mcp"):
+            response = httpx.post(
+                f"{url}{path}",
+                headers={"Host": "evil.example", "Content-Type": "application/json"},
+                content=b"{}",
+            )
+            assert response.status_code == 400, path
+            assert response.text == "Invalid host header"
+        ok = httpx.get(f"{url}/healthz", headers={"Host": "valetkey.internal:8760"})
+        assert ok.status_code == 200
     finally:
         proc.terminate()
         proc.communicate(timeout=20)
+
+
+def test_a_store_that_cannot_open_is_one_line_before_listening(run_cli, tmp_path):
+    config = tmp_path / "p.toml"
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    config.write_text(f'[plugin.store-sqlite]\npath = "{blocker}/db.sqlite"\n')
+    proc = run_cli("serve", "--port", "0", env={"VALETKEY_CONFIG": str(config)}, timeout=30)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert "serving on" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"valetkey: error: cannot create the sqlite store {blocker}/db.sqlite: Not a directory"
+    )
 
 
 def test_a_port_in_use_is_one_clear_line(run_cli):

@@ -9,15 +9,12 @@ relative to the config file). Both are how secrets stay out of plugins.toml.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from valetkey_hookspecs import ConfigError
-
-REDACTED = "[REDACTED]"
-_SENSITIVE = re.compile(r"(secret|token|password|passwd|key|dsn|credential)", re.IGNORECASE)
+from valetkey_hookspecs.redaction import REDACTED, SENSITIVE_KEY, redact_text
 
 
 def _is_ref(value: Any) -> bool:
@@ -96,6 +93,15 @@ def redact(value: Any, key: str = "") -> Any:
         return {k: redact(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v, key) for v in value]
-    if key and _SENSITIVE.search(key) and isinstance(value, str) and value:
+    if key and SENSITIVE_KEY.search(key) and isinstance(value, str) and value:
         return REDACTED
+    if isinstance(value, str):
+        return _redact_url(redact_text(value))
+    return value
+
+
+def _redact_url(value: str) -> str:
+    """Hide a URL's query string (tokens often ride there); user-info is already masked."""
+    if "://" in value and "?" in value:
+        return value.split("?", 1)[0] + "?" + REDACTED
     return value

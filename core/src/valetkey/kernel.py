@@ -37,6 +37,7 @@ from valetkey_hookspecs import (
     Store,
 )
 from valetkey_hookspecs.files import private_dir
+from valetkey_hookspecs.redaction import redact_text
 
 from . import config as _config
 from .loader import LoadResult, PluginRecord, load_plugins
@@ -111,6 +112,7 @@ class Kernel:
         self._configs: dict[str, Any] = {}
         self._instances: dict[tuple[str, str], Any] = {}
         self._opened: Store | None = None
+        self._selected: dict[str, Driver] = {}
 
     # ------------------------------------------------------------------ plugins and policy
 
@@ -124,7 +126,7 @@ class Kernel:
         """Load and registration problems found so far (``plugins doctor`` adds more checks)."""
         return list(self._problems)
 
-    @property
+    @cached_property
     def home(self) -> Path:
         """The state folder, created 0700 on first use."""
         return private_dir(self._home)
@@ -235,6 +237,12 @@ class Kernel:
 
     def selected(self, kind: str) -> Driver:
         """The driver in force for a single-choice kind (see ``[select]``)."""
+        if (chosen := self._selected.get(kind)) is not None:
+            return chosen
+        self._selected[kind] = driver = self._select(kind)
+        return driver
+
+    def _select(self, kind: str) -> Driver:
         drivers = self._drivers[kind]
         known = ", ".join(sorted(drivers)) or "none"
         chosen = self.policy.select.get(kind)
@@ -272,7 +280,7 @@ class Kernel:
             except Exception as exc:
                 raise PluginError(
                     f"plugin {driver.plugin!r} could not build {driver.kind} {driver.name!r}: "
-                    f"{type(exc).__name__}: {exc}"
+                    f"{type(exc).__name__}: {redact_text(str(exc))}"
                 ) from exc
         return self._instances[key]
 
@@ -314,18 +322,20 @@ class Kernel:
 
     @property
     def notifiers(self) -> list[Notifier]:
-        """Every enabled notifier, by name."""
+        """Every enabled notifier, by name (raises if one cannot be built)."""
         return [self._instance(d) for _, d in sorted(self._drivers["notifier"].items())]
 
     async def notify(self, notification: Notification) -> None:
-        """Deliver to every notifier; one failing is logged and does not stop the others."""
-        for notifier in self.notifiers:
+        """Deliver to every notifier; one that cannot be built or fails is logged and does not
+        stop the others."""
+        for name, driver in sorted(self._drivers["notifier"].items()):
             try:
+                notifier: Notifier = self._instance(driver)
                 await notifier.notify(notification)
             except Exception as exc:
                 log.error(
                     "notifier %s failed for %s: %s: %s",
-                    getattr(notifier, "name", type(notifier).__name__),
+                    name,
                     notification.kind,
                     type(exc).__name__,
                     exc,
@@ -448,13 +458,16 @@ class Kernel:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the store and any runtime that was built."""
-        for (kind, _name), instance in list(self._instances.items()):
-            if kind == "box_runtime":
-                await instance.close()
-        if self._opened is not None:
-            await self._opened.close()
-            self._opened = None
+        """Close every runtime that was built and the store, even when one of them fails."""
+        from contextlib import AsyncExitStack
+
+        async with AsyncExitStack() as stack:
+            if self._opened is not None:
+                stack.push_async_callback(self._opened.close)
+                self._opened = None
+            for (kind, _name), instance in list(self._instances.items()):
+                if kind == "box_runtime":
+                    stack.push_async_callback(instance.close)
 
 
 def load(

@@ -147,6 +147,10 @@ def load_plugins(policy: Policy, extra: dict[str, object] | None = None) -> Load
         except pluggy.PluginValidationError as exc:
             record.error = f"invalid hookimpl: {exc}"
             continue
+        except ValueError:  # the same module under two entry-point names
+            other = pm.get_name(obj)
+            record.error = f"the same module is already registered as plugin {other!r}"
+            continue
         unknown = _unknown_hook(pm, obj)
         if unknown:
             pm.unregister(obj)

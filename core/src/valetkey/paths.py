@@ -35,5 +35,19 @@ def find_config() -> Path | None:
         return Path(env).expanduser()
     for candidate in (Path.cwd() / "plugins.toml", config_dir() / "plugins.toml"):
         if candidate.is_file():
+            _check_trusted(candidate)
             return candidate
     return None
+
+
+def _check_trusted(path: Path) -> None:
+    """A config found by looking (not named by VALETKEY_CONFIG) decides which plugins run and
+    can read files through ``$file``: it must be the user's own and writable by no one else."""
+    from valetkey_hookspecs import ConfigError
+
+    st = path.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise ConfigError(
+            f"{path} is owned by another user or writable by others: refusing to use it "
+            f"(chmod go-w {path}, or name a config with VALETKEY_CONFIG)"
+        )

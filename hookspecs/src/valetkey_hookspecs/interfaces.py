@@ -149,8 +149,11 @@ class CredentialRepo(Protocol):
         """How many credentials are sealed under each key id."""
         ...
 
-    async def not_under_key(self, key_id: str, limit: int) -> list[Credential]:
-        """Up to ``limit`` credentials whose data key is wrapped by another key than ``key_id``."""
+    async def not_under_key(
+        self, key_id: str, limit: int, after: str | None = None
+    ) -> list[Credential]:
+        """Up to ``limit`` credentials whose data key is wrapped by another key than ``key_id``,
+        ordered by credential id; ``after`` is the last id of the previous page."""
         ...
 
     async def rewrap(self, items: Sequence[Rewrap]) -> int:
@@ -407,6 +410,11 @@ class Store(Protocol):
 
     async def schema_version(self) -> int:
         """The applied schema version."""
+        ...
+
+    async def flush(self) -> None:
+        """Make every committed transaction durable (survive a power cut) before returning; the
+        vault calls it before forgetting an old key."""
         ...
 
 

@@ -300,6 +300,13 @@ class BoxSpec:
     labels: Mapping[str, str] = field(default_factory=dict)
     stdin_open: bool = True
 
+    def __repr__(self) -> str:  # env values may be tokens or placeholders: show names only
+        return (
+            f"BoxSpec(box_id={self.box_id!r}, image={self.image!r}, env=<{', '.join(self.env)}>, "
+            f"files={len(self.files)}, memory_mib={self.memory_mib}, cpus={self.cpus}, "
+            f"pids={self.pids}, network={self.network!r})"
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Box:

@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 from cyclopts import App
 
-from valetkey_hookspecs import InvalidInput, Rewrap
+from valetkey_hookspecs import InvalidInput, Rewrap, SealError
 
 from ..kernel import Kernel
 from ..progress import progress
@@ -65,25 +65,31 @@ def status(*, json: bool = False) -> int:
     return 0
 
 
-async def rewrap_all(kernel: Kernel, batch_size: int, report: object = None) -> int:
-    """Re-wrap every credential not under the current KEK; returns how many were re-wrapped."""
+async def rewrap_all(kernel: Kernel, batch_size: int, report: Any = None) -> tuple[int, list[str]]:
+    """Re-wrap every credential not under the current KEK, a page at a time (each page one
+    transaction). Returns how many were re-wrapped and the ids of credentials that could not be
+    opened (unknown key, tampered), which are skipped and reported, never a reason to stop."""
     sealer = kernel.sealer
     store = kernel.store
-    done = 0
-    while True:
-        batch = await store.credentials.not_under_key(sealer.current_key_id(), batch_size)
-        if not batch:
-            return done
+    current = sealer.current_key_id()
+    done, unreadable = 0, []
+    after: str | None = None
+    while batch := await store.credentials.not_under_key(current, batch_size, after):
+        after = batch[-1].id
         items = []
         for cred in batch:
-            fresh = sealer.rewrap(cred.sealed, cred.id.encode())
+            try:
+                fresh = sealer.rewrap(cred.sealed, cred.id.encode())
+            except SealError:
+                unreadable.append(cred.id)
+                continue
             items.append(
                 Rewrap(cred.id, fresh.wrapped_key, fresh.key_id, cred.sealed.key_id, cred.version)
             )
-        written = await store.credentials.rewrap(items)
-        done += written
+        done += await store.credentials.rewrap(items)
         if report is not None:
-            report.update(advance=len(batch))  # type: ignore[attr-defined]
+            report.update(advance=len(batch))
+    return done, unreadable
 
 
 @app.command(name="rotate-kek")
@@ -114,13 +120,15 @@ def rotate_kek(*, batch_size: int = 500, retire_grace: float = 600.0, json: bool
         async with kernel:
             sealer = kernel.sealer
             counts = await kernel.store.credentials.key_ids()
-            pending = sum(n for k, n in counts.items() if k != sealer.current_key_id())
             old = sealer.current_key_id()
+            known = set(sealer.key_ids())
+            pending = sum(n for k, n in counts.items() if k != old and k in known)
             resumed = bool(pending)
-            new = sealer.current_key_id() if resumed else sealer.rotate_kek()
+            new = old if resumed else sealer.rotate_kek()
             total = sum(n for k, n in counts.items() if k != new)
             with progress("Re-wrapping data keys", total=total) as bar:
-                rewrapped = await rewrap_all(kernel, batch_size, bar)
+                rewrapped, unreadable = await rewrap_all(kernel, batch_size, bar)
+            await kernel.store.flush()  # re-wraps durable before an old key may be forgotten
             in_use = list(await kernel.store.credentials.key_ids())
             retired = sealer.retire_keys(in_use, min_age=retire_grace)
             kept = [k for k in sealer.key_ids() if k != new]
@@ -136,6 +144,7 @@ def rotate_kek(*, batch_size: int = 500, retire_grace: float = 600.0, json: bool
                 "retired": retired,
                 "resumed": resumed,
                 "kept": kept,
+                "unreadable": unreadable,
             }
 
     result = anyio.run(rotate)
@@ -148,6 +157,11 @@ def rotate_kek(*, batch_size: int = 500, retire_grace: float = 600.0, json: bool
             f"KEK {result['current']} is current; re-wrapped {result['rewrapped']} data key(s); "
             f"retired {len(result['retired'])} old key(s)"
         )
+        if result["unreadable"]:
+            print(
+                f"warning: {len(result['unreadable'])} credential(s) could not be opened and "
+                f"were left as they are: {', '.join(result['unreadable'][:10])}"
+            )
         if result["kept"]:
             print(
                 f"kept {len(result['kept'])} old key(s) for the --retire-grace period; "
@@ -175,6 +189,7 @@ def retire(*, min_age: float = 600.0, json: bool = False) -> int:
 
     async def run() -> tuple[list[str], list[str]]:
         async with kernel:
+            await kernel.store.flush()
             counts = await kernel.store.credentials.key_ids()
             retired = kernel.sealer.retire_keys(list(counts), min_age=min_age)
             if retired:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata as md
-import re
 from typing import Any
 
 import pluggy
@@ -14,9 +13,9 @@ import pytest
 
 from .. import hookspecs
 from ..markers import PROJECT
+from ..redaction import SENSITIVE_KEY
 from ..types import Connector
 
-_SENSITIVE = re.compile(r"(secret|token|password|passwd|key|dsn|credential)", re.IGNORECASE)
 _DRIVER_HOOKS = (
     "valetkey_register_stores",
     "valetkey_register_secret_stores",
@@ -63,7 +62,7 @@ class PluginContract:
         instance = schema()  # every key needs a default: a plugin must work unconfigured
         if dataclasses.is_dataclass(schema):
             for f in dataclasses.fields(schema):
-                if _SENSITIVE.search(f.name):
+                if SENSITIVE_KEY.search(f.name):
                     assert not f.repr, (
                         f"config field {f.name!r} looks secret: use field(repr=False)"
                     )

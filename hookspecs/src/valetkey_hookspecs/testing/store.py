@@ -567,6 +567,23 @@ class StoreContract:
         assert written == 0
         assert (await store.credentials.get("a")).sealed == fresh
 
+    async def test_not_under_key_pages_with_after(self, store: Store) -> None:
+        for cid in ("a", "b", "c", "d"):
+            await store.connections.create(_connection(cid))
+            await store.credentials.put(_credential(cid, key_id="kek-old"))
+        first = await store.credentials.not_under_key("kek-new", 2)
+        second = await store.credentials.not_under_key("kek-new", 2, after=first[-1].id)
+        rest = await store.credentials.not_under_key("kek-new", 2, after=second[-1].id)
+        ids = [c.id for c in first + second]
+        assert ids == sorted(ids)
+        assert len(set(ids)) == 4
+        assert rest == []
+
+    async def test_flush_makes_committed_work_durable_without_error(self, store: Store) -> None:
+        await store.connections.create(_connection("c1"))
+        await store.flush()
+        assert (await store.connections.get("c1")).id == "c1"
+
     async def test_rewrap_nothing_writes_nothing(self, store: Store) -> None:
         assert await store.credentials.rewrap([]) == 0
 

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
-from valetkey_hookspecs import PluginContext, hookimpl
+from valetkey_hookspecs import ConfigError, PluginContext, hookimpl
 from valetkey_hookspecs.interfaces import RegisterFactory
 
 from .notifier import LogNotifier
@@ -17,6 +18,10 @@ class Config:
 
     #: logging level for events that need a person
     level: str = "WARNING"
+
+    def __post_init__(self) -> None:
+        if not isinstance(logging.getLevelName(self.level.upper()), int):
+            raise ConfigError(f"[plugin.notify-log] level: unknown logging level {self.level!r}")
 
 
 @hookimpl

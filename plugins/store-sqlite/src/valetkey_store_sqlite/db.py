@@ -206,6 +206,15 @@ class Database:
         """Every row of one statement."""
         return await self.call(lambda raw: raw.execute(sql, params).fetchall())
 
+    async def checkpoint(self) -> None:
+        """``PRAGMA wal_checkpoint(FULL)``: every committed transaction reaches the synced
+        database file."""
+
+        def run(raw: sqlite3.Connection) -> None:
+            raw.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
+
+        await self.call(run)
+
     async def fetchone(
         self, sql: str, params: Params = (), *, errors: Mapping[str, ValetkeyError] | None = None
     ) -> sqlite3.Row | None:

@@ -85,6 +85,11 @@ class SqliteStore:
         """The applied schema version (``PRAGMA user_version``)."""
         return await self._db.schema_version()
 
+    async def flush(self) -> None:
+        """Checkpoint the WAL into the database file with a full sync (``synchronous=NORMAL``
+        makes commits durable at checkpoints, not at every commit)."""
+        await self._db.checkpoint()
+
     async def pragma(self, name: str) -> Any:
         """Read a diagnostic pragma: journal_mode, synchronous, foreign_keys, busy_timeout,
         user_version."""

@@ -179,13 +179,16 @@ class SqliteCredentials:
         )
         return {row[0]: int(row[1]) for row in rows}
 
-    async def not_under_key(self, key_id: str, limit: int) -> list[Credential]:
-        """Up to ``limit`` credentials whose data key is wrapped by another key than ``key_id``."""
+    async def not_under_key(
+        self, key_id: str, limit: int, after: str | None = None
+    ) -> list[Credential]:
+        """Up to ``limit`` credentials whose data key is wrapped by another key than ``key_id``,
+        by id, after the id ``after``."""
         if limit <= 0:
             return []
         rows = await self._db.fetchall(
-            f"SELECT {COLUMNS} FROM credentials WHERE key_id != ? ORDER BY id LIMIT ?",
-            (key_id, limit),
+            f"SELECT {COLUMNS} FROM credentials WHERE key_id != ? AND id > ? ORDER BY id LIMIT ?",
+            (key_id, after or "", limit),
         )
         return [credential_from(row) for row in rows]
 
