@@ -174,6 +174,7 @@ async def test_notify_reaches_every_notifier_even_when_one_fails(caplog):
     kernel = kernel_with(P())
     with caplog.at_level(logging.ERROR, logger="valetkey.kernel"):
         await kernel.notify(Notification(kind="needs_reauth", message="m"))
+        await kernel.drain_notifications()
     assert got == ["needs_reauth"]
     assert "notifier broken failed for needs_reauth: RuntimeError: smtp down" in caplog.text
 
@@ -301,6 +302,7 @@ async def test_a_notifier_that_cannot_be_built_does_not_stop_the_others(caplog):
     kernel = kernel_with(P())
     with caplog.at_level(logging.ERROR, logger="valetkey.kernel"):
         await kernel.notify(Notification(kind="needs_reauth", message="m"))
+        await kernel.drain_notifications()
     assert got == ["needs_reauth"]
     assert "notifier a-broken failed for needs_reauth: PluginError" in caplog.text
 
@@ -336,3 +338,33 @@ def test_box_spec_repr_shows_env_names_not_values():
     spec = BoxSpec(box_id="b1", image="img", env={"GITHUB_TOKEN": "ghp_realvalue123"})
     assert "ghp_realvalue123" not in repr(spec)
     assert "GITHUB_TOKEN" in repr(spec)
+
+
+@pytest.mark.anyio
+async def test_notify_returns_at_once_and_closing_waits_for_delivery():
+    import asyncio
+    import time
+
+    delivered, closed = [], []
+
+    class Slow:
+        name = "slow"
+
+        async def notify(self, n):
+            await asyncio.sleep(0.3)
+            delivered.append(n.kind)
+
+        async def aclose(self):
+            closed.append(True)
+
+    class P:
+        @hookimpl
+        def valetkey_register_notifiers(self, register):
+            register("slow", lambda ctx: Slow())
+
+    kernel = kernel_with(P())
+    started = time.monotonic()
+    await kernel.notify(Notification(kind="needs_reauth", message="m"))
+    assert time.monotonic() - started < 0.1 and delivered == []
+    await kernel.aclose()
+    assert delivered == ["needs_reauth"] and closed == [True]

@@ -11,6 +11,7 @@ store (applying migrations) and closes what was opened.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -113,6 +114,7 @@ class Kernel:
         self._instances: dict[tuple[str, str], Any] = {}
         self._opened: Store | None = None
         self._selected: dict[str, Driver] = {}
+        self._pending: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ plugins and policy
 
@@ -326,8 +328,31 @@ class Kernel:
         return [self._instance(d) for _, d in sorted(self._drivers["notifier"].items())]
 
     async def notify(self, notification: Notification) -> None:
-        """Deliver to every notifier; one that cannot be built or fails is logged and does not
-        stop the others."""
+        """Start delivering to every notifier and return at once: a slow or retrying notifier
+        (a webhook backing off) never holds up the caller. Deliveries finish in the background;
+        ``drain_notifications()`` (and closing the kernel) waits for them."""
+        task = asyncio.get_running_loop().create_task(self._deliver(notification))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def drain_notifications(self, timeout: float = 60.0) -> None:
+        """Wait for deliveries in flight; give up (and log) after ``timeout`` seconds."""
+        if not self._pending:
+            return
+        pending = set(self._pending)
+        _done, late = await asyncio.wait(pending, timeout=timeout)
+        for task in late:
+            task.cancel()
+        if late:
+            log.error(
+                "%d notification delivery(ies) still running after %.0fs; cancelled",
+                len(late),
+                timeout,
+            )
+
+    async def _deliver(self, notification: Notification) -> None:
+        """Deliver to every notifier in turn; one that cannot be built or fails is logged and
+        does not stop the others."""
         for name, driver in sorted(self._drivers["notifier"].items()):
             try:
                 notifier: Notifier = self._instance(driver)
@@ -461,6 +486,7 @@ class Kernel:
         """Close every runtime that was built and the store, even when one of them fails."""
         from contextlib import AsyncExitStack
 
+        await self.drain_notifications()
         async with AsyncExitStack() as stack:
             if self._opened is not None:
                 stack.push_async_callback(self._opened.close)
@@ -468,6 +494,10 @@ class Kernel:
             for (kind, _name), instance in list(self._instances.items()):
                 if kind == "box_runtime":
                     stack.push_async_callback(instance.close)
+                elif kind == "notifier":
+                    closer = getattr(instance, "aclose", None)
+                    if callable(closer):
+                        stack.push_async_callback(closer)
 
 
 def load(

@@ -535,7 +535,8 @@ class Notifier(Protocol):
     name: str
 
     async def notify(self, notification: Notification) -> None:
-        """Deliver one notification."""
+        """Deliver one notification (retrying as the notifier sees fit). A notifier holding
+        connections may define ``async aclose()``; the kernel calls it when it closes."""
         ...
 
 
@@ -687,7 +688,12 @@ class KernelAPI(Protocol):
         ...
 
     async def notify(self, notification: Notification) -> None:
-        """Deliver to every enabled notifier; failures are logged, not raised."""
+        """Start delivering to every enabled notifier and return at once; failures are logged,
+        not raised. Closing the kernel waits for deliveries in flight."""
+        ...
+
+    async def drain_notifications(self, timeout: float = 60.0) -> None:
+        """Wait for notification deliveries in flight (at most ``timeout`` seconds)."""
         ...
 
 
