@@ -448,12 +448,14 @@ class Sealer(Protocol):
     """Envelope encryption of records; ``aad`` is the record's id."""
 
     def current_key_id(self) -> str:
-        """Id of the current key-encryption key (new seals use it). A method, not a property:
-        finding it may load or create the key ring."""
+        """Id of the current key-encryption key (new seals use it), or ``""`` while the sealer
+        has no key yet (a new vault before its first seal). A method, not a property: finding it
+        may load or re-read the key ring, but never creates a key."""
         ...
 
     def seal(self, plaintext: bytes, aad: bytes) -> Sealed:
-        """Encrypt under a fresh data key wrapped by the current KEK."""
+        """Encrypt under a fresh data key wrapped by the current KEK; the first seal of a new
+        vault may create the first KEK."""
         ...
 
     def open(self, sealed: Sealed, aad: bytes) -> bytes:
@@ -465,17 +467,20 @@ class Sealer(Protocol):
         ...
 
     def key_ids(self) -> list[str]:
-        """Ids of every KEK this sealer can open with, current first."""
+        """Ids of every KEK this sealer can open with, current first; ``[]`` while it has no key
+        yet. Never creates a key."""
         ...
 
     def rotate_kek(self) -> str:
-        """Make a new KEK current, keeping old ones for opening; return its id."""
+        """Make a new KEK current (the first one on a vault without keys), keeping old ones for
+        opening; return its id."""
         ...
 
     def retire_keys(self, in_use: Sequence[str], min_age: float = 0.0) -> list[str]:
         """Forget KEKs that are not current, that no record uses (``in_use``) and that stopped
         being current at least ``min_age`` seconds ago — long enough for every running process
-        to have picked up the new current key; return their ids."""
+        to have picked up the new current key; return their ids. With no key yet, retire
+        nothing and create nothing."""
         ...
 
 

@@ -1,8 +1,11 @@
-"""Fixtures of the sealer-local tests: an in-memory secret store, fake clocks, a log recorder."""
+"""Fixtures of the sealer-local tests: in-memory secret stores, fake clocks, a log recorder."""
 
 from __future__ import annotations
 
 import logging
+import random
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -107,3 +110,36 @@ def sealer_log() -> Iterator[Records]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
+
+
+class SlowSecrets(MemorySecrets):
+    """A thread-safe MemorySecrets whose reads and writes take a while, like a D-Bus round trip,
+    so that concurrent read-change-writes of the ring overlap; a write takes a random time (up
+    to twice ``delay``), so concurrent writes land in either order."""
+
+    def __init__(self, delay: float = 0.002, description: str = "slow memory") -> None:
+        super().__init__()
+        self.delay = delay
+        self._description = description
+        self._mutex = threading.Lock()
+
+    @property
+    def description(self) -> str:
+        return self._description
+
+    def get(self, key: str) -> str | None:
+        with self._mutex:
+            value = super().get(key)
+        time.sleep(self.delay)
+        return value
+
+    def set(self, key: str, value: str) -> None:
+        time.sleep(random.uniform(0, 2 * self.delay))
+        with self._mutex:
+            super().set(key, value)
+
+
+@pytest.fixture
+def new_secrets() -> type[SlowSecrets]:
+    """``new_secrets(delay=0.002, description="slow memory")``: another, empty secret store."""
+    return SlowSecrets

@@ -6,6 +6,7 @@ import base64
 import json
 import logging
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -17,10 +18,16 @@ from valetkey_sealer_local.config import LocalSealerConfig
 from valetkey_sealer_local.sealer import ENV_KEK, LocalSealer, kek_id
 
 from valetkey_hookspecs import ConfigError, PluginContext, Sealer, SealError
+from valetkey_hookspecs.files import private_dir
 from valetkey_hookspecs.testing import PluginContract, SealerContract
 
 KEK = os.urandom(32)
 KEK_B64 = base64.b64encode(KEK).decode()
+
+
+def _start(sealer):
+    """Seal once (the first seal of a new vault makes the ring); the current key id."""
+    return sealer.seal(b"first", b"cred_0").key_id
 
 
 class TestSealerWithSecretStore(SealerContract):
@@ -80,7 +87,7 @@ def test_url_safe_base64_and_whitespace_are_accepted(secrets, monkeypatch):
 def test_an_empty_env_kek_counts_as_unset(secrets, monkeypatch):
     monkeypatch.setenv(ENV_KEK, "")
     sealer = LocalSealer(secrets)
-    assert sealer.current_key_id() != kek_id(b"")
+    assert _start(sealer) != kek_id(b"")
     assert "kek-ring" in secrets.data
 
 
@@ -115,7 +122,7 @@ def test_rotating_from_env_saves_the_env_key_into_the_ring(secrets, monkeypatch,
 
 
 def test_an_env_kek_missing_from_the_ring_is_reported(secrets, monkeypatch, sealer_log):
-    LocalSealer(secrets).current_key_id()  # generates and saves a ring
+    _start(LocalSealer(secrets))  # generates and saves a ring
     monkeypatch.setenv(ENV_KEK, KEK_B64)
     sealer = LocalSealer(secrets)
     assert sealer.current_key_id() != kek_id(KEK)
@@ -153,7 +160,7 @@ def test_the_ring_persists_across_instances(secrets, no_env_kek):
 
 def test_another_instances_rotation_is_picked_up_on_open(secrets, no_env_kek):
     server = LocalSealer(secrets)
-    server.current_key_id()
+    _start(server)
     cli = LocalSealer(secrets)
     new = cli.rotate_kek()
     sealed = cli.seal(b"from-the-cli", b"cred_9")
@@ -164,7 +171,7 @@ def test_another_instances_rotation_is_picked_up_on_open(secrets, no_env_kek):
 def test_rotate_and_retire_start_from_the_stored_ring(secrets, no_env_kek):
     a = LocalSealer(secrets)
     b = LocalSealer(secrets)
-    first = a.current_key_id()
+    first = _start(a)
     second = a.rotate_kek()
     third = b.rotate_kek()  # b had not seen `second`: it must not drop it
     assert b.key_ids() == [third, first, second]
@@ -174,7 +181,7 @@ def test_rotate_and_retire_start_from_the_stored_ring(secrets, no_env_kek):
 
 def test_retire_saves_only_when_something_is_dropped(secrets, no_env_kek):
     sealer = LocalSealer(secrets)
-    sealer.current_key_id()
+    _start(sealer)
     assert sealer.retire_keys([]) == []
     assert secrets.writes["kek-ring"] == 1
 
@@ -250,7 +257,7 @@ def test_a_server_seals_under_the_new_key_once_its_ring_is_ring_ttl_old(
     secrets, no_env_kek, monotonic
 ):
     server = LocalSealer(secrets, ring_ttl=30.0, now=monotonic)
-    old = server.current_key_id()
+    old = _start(server)
     cli = LocalSealer(secrets)
     new = cli.rotate_kek()
 
@@ -288,7 +295,7 @@ def test_rewrap_and_current_key_id_follow_the_ring_too(secrets, no_env_kek, mono
 
 def test_ring_ttl_0_re_reads_before_every_seal(secrets, no_env_kek):
     server = LocalSealer(secrets, ring_ttl=0.0)
-    server.current_key_id()
+    _start(server)
     new = LocalSealer(secrets).rotate_kek()
     reads = secrets.reads["kek-ring"]
     assert server.seal(b"x", b"r").key_id == new
@@ -298,7 +305,7 @@ def test_ring_ttl_0_re_reads_before_every_seal(secrets, no_env_kek):
 
 def test_ring_ttl_with_the_real_clock(secrets, no_env_kek):
     server = LocalSealer(secrets, ring_ttl=0.05)
-    old = server.current_key_id()
+    old = _start(server)
     new = LocalSealer(secrets).rotate_kek()
     assert server.seal(b"x", b"r").key_id == old
     time.sleep(0.06)
@@ -307,7 +314,7 @@ def test_ring_ttl_with_the_real_clock(secrets, no_env_kek):
 
 def test_repr_does_not_re_read_the_ring(secrets, no_env_kek, monotonic):
     sealer = LocalSealer(secrets, ring_ttl=1.0, now=monotonic)
-    sealer.current_key_id()
+    _start(sealer)
     reads = secrets.reads["kek-ring"]
     monotonic.advance(60.0)
     repr(sealer)
@@ -316,7 +323,7 @@ def test_repr_does_not_re_read_the_ring(secrets, no_env_kek, monotonic):
 
 def test_a_failed_re_read_fails_the_seal(secrets, no_env_kek, monotonic):
     server = LocalSealer(secrets, ring_ttl=30.0, now=monotonic)
-    server.current_key_id()
+    _start(server)
     secrets.data["kek-ring"] = "not json"
     server.seal(b"x", b"r")  # not stale yet: the ring in memory
     monotonic.advance(30.0)
@@ -332,7 +339,7 @@ def test_a_bad_ring_ttl_is_rejected(secrets, bad):
 
 def test_rotate_records_when_the_old_key_was_superseded(secrets, no_env_kek, wall):
     sealer = LocalSealer(secrets, utc_now=wall)
-    first = sealer.current_key_id()
+    first = _start(sealer)
     assert _ring(secrets)["superseded_at"] == {}
     wall.advance(10)
     second = sealer.rotate_kek()
@@ -351,7 +358,7 @@ def test_rotate_records_when_the_old_key_was_superseded(secrets, no_env_kek, wal
 
 def test_retire_waits_min_age_after_the_rotation(secrets, no_env_kek, wall):
     cli = LocalSealer(secrets, utc_now=wall)
-    old = cli.current_key_id()
+    old = _start(cli)
     cli.rotate_kek()
     wall.advance(599)
     assert cli.retire_keys([], min_age=600) == []
@@ -366,7 +373,7 @@ def test_rotation_with_a_running_server_loses_no_record(secrets, no_env_kek, mon
     server = LocalSealer(secrets, ring_ttl=30.0, now=monotonic, utc_now=wall)
     cli = LocalSealer(secrets, ring_ttl=30.0, now=monotonic, utc_now=wall)
     records = {b"cred_1": server.seal(b"one", b"cred_1")}
-    old = server.current_key_id()
+    old = _start(server)
 
     new = cli.rotate_kek()
     records = {aad: cli.rewrap(s, aad) for aad, s in records.items()}
@@ -398,7 +405,7 @@ def test_a_ring_without_superseded_at_counts_its_old_keys_superseded_at_retire(
     secrets, no_env_kek, wall
 ):
     sealer = LocalSealer(secrets)
-    first = sealer.current_key_id()
+    first = _start(sealer)
     second = sealer.rotate_kek()
     ring = _ring(secrets)
     del ring["superseded_at"]  # as saved before the field existed
@@ -419,7 +426,7 @@ def test_a_ring_without_superseded_at_counts_its_old_keys_superseded_at_retire(
 
 def test_a_ring_without_superseded_at_retires_at_once_with_min_age_0(secrets, no_env_kek):
     sealer = LocalSealer(secrets)
-    first = sealer.current_key_id()
+    first = _start(sealer)
     sealer.rotate_kek()
     ring = _ring(secrets)
     del ring["superseded_at"]
@@ -429,7 +436,7 @@ def test_a_ring_without_superseded_at_retires_at_once_with_min_age_0(secrets, no
 
 def test_superseded_at_times_survive_other_instances(secrets, no_env_kek, wall):
     a = LocalSealer(secrets, utc_now=wall)
-    first = a.current_key_id()
+    first = _start(a)
     a.rotate_kek()
     wall.advance(100)
     b = LocalSealer(secrets, utc_now=wall)
@@ -441,7 +448,7 @@ def test_superseded_at_times_survive_other_instances(secrets, no_env_kek, wall):
 
 def test_a_naive_superseded_at_time_is_taken_as_utc(secrets, no_env_kek):
     sealer = LocalSealer(secrets)
-    first = sealer.current_key_id()
+    first = _start(sealer)
     sealer.rotate_kek()
     ring = _ring(secrets)
     ring["superseded_at"] = {first: "2000-01-01T00:00:00"}
@@ -459,7 +466,7 @@ def test_a_naive_superseded_at_time_is_taken_as_utc(secrets, no_env_kek):
 )
 def test_corrupt_superseded_at_times_are_a_config_error(secrets, no_env_kek, times, expected):
     sealer = LocalSealer(secrets)
-    first = sealer.current_key_id()
+    first = _start(sealer)
     sealer.rotate_kek()
     ring = _ring(secrets)
     ring["superseded_at"] = times(first)
@@ -479,7 +486,7 @@ def test_a_bad_min_age_is_rejected(secrets, no_env_kek, bad):
 def test_a_wall_clock_without_a_time_zone_is_taken_as_utc(secrets, no_env_kek):
     naive = datetime(2025, 6, 1, 12, 0)
     sealer = LocalSealer(secrets, utc_now=lambda: naive)
-    first = sealer.current_key_id()
+    first = _start(sealer)
     sealer.rotate_kek()
     assert _ring(secrets)["superseded_at"] == {first: "2025-06-01T12:00:00+00:00"}
     assert datetime.fromisoformat(_ring(secrets)["superseded_at"][first]).tzinfo == UTC
@@ -489,7 +496,7 @@ def test_a_wall_clock_without_a_time_zone_is_taken_as_utc(secrets, no_env_kek):
 # ---------------------------------------------------------------------------- the plugin
 
 
-def test_registers_the_local_sealer_as_default_and_builds_lazily(secrets, no_env_kek):
+def test_registers_the_local_sealer_as_default_and_builds_lazily(secrets, no_env_kek, tmp_path):
     seen = []
     plugin.valetkey_register_sealers(
         lambda name, factory, *, default=False: seen.append((name, factory, default))
@@ -498,32 +505,51 @@ def test_registers_the_local_sealer_as_default_and_builds_lazily(secrets, no_env
     assert (name, default) == ("local", True)
 
     calls = []
+    home = tmp_path / "home"
 
     class Kernel:
         @property
         def secret_store(self):
-            calls.append(1)
+            calls.append("secret_store")
             return secrets
 
+        @property
+        def home(self):
+            calls.append("home")
+            return private_dir(home)
+
     sealer = factory(PluginContext(plugin="sealer-local", config=None, kernel=Kernel()))
-    assert calls == []  # the secret store is reached on first use only
+    assert calls == []  # the secret store and the home are reached on first use only
+    assert not home.exists()
     sealer.seal(b"x", b"r")
-    assert calls
+    assert "secret_store" in calls
+    assert "home" in calls
     assert isinstance(sealer, Sealer)
     assert "kek-ring" in secrets.data
+    # the kernel's home gets the key ids and the lock, both private
+    ids = json.loads((home / "kek-ids.json").read_text())
+    assert ids == {
+        "entry": "kek-ring",
+        "key_ids": [sealer.current_key_id()],
+        "secret_store": "memory",
+    }
+    for name in ("kek-ids.json", "kek-ring.lock"):
+        assert stat.S_IMODE((home / name).stat().st_mode) == 0o600
+    assert sorted(p.name for p in home.iterdir()) == ["kek-ids.json", "kek-ring.lock"]
 
 
-def test_the_config_schema_sets_ring_ttl(secrets, no_env_kek):
+def test_the_config_schema_sets_ring_ttl(secrets, no_env_kek, tmp_path):
     assert plugin.valetkey_config_schema() is LocalSealerConfig
     assert LocalSealerConfig().ring_ttl == 30.0
     ((_, factory, _),) = _registered()
 
     class Kernel:
         secret_store = secrets
+        home = tmp_path
 
     config = LocalSealerConfig(ring_ttl=0.0)
     sealer = factory(PluginContext(plugin="sealer-local", config=config, kernel=Kernel()))
-    sealer.current_key_id()
+    _start(sealer)
     reads = secrets.reads["kek-ring"]
     sealer.seal(b"x", b"r")
     assert secrets.reads["kek-ring"] == reads + 1  # ring_ttl = 0: re-read before every seal

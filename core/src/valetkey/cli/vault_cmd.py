@@ -153,6 +153,8 @@ def rotate_kek(*, batch_size: int = 500, retire_grace: float = 600.0, json: bool
     else:
         if result["resumed"]:
             print("finished an interrupted rotation (run again to rotate to a new KEK)")
+        if not result["previous"]:
+            print("created the vault's first KEK")
         print(
             f"KEK {result['current']} is current; re-wrapped {result['rewrapped']} data key(s); "
             f"retired {len(result['retired'])} old key(s)"

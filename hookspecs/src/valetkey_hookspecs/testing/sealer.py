@@ -1,7 +1,9 @@
 """SealerContract: what every sealer (``valetkey_register_sealers``) must do.
 
 Subclass it and override the ``sealer`` fixture with a sealer that starts from a fresh key ring
-(the contract rotates and retires keys)::
+(the contract rotates and retires keys). A sealer may create its first key at the first seal:
+until then ``current_key_id()`` may be ``""`` and ``key_ids()`` ``[]``, and reading them must
+not create one::
 
     class TestMySealer(SealerContract):
         @pytest.fixture
@@ -54,10 +56,29 @@ class SealerContract:
     def test_matches_the_protocol(self, sealer: Sealer) -> None:
         assert isinstance(sealer, Sealer)
         assert isinstance(sealer.current_key_id(), str)
+        sealer.seal(_PLAINTEXT, _AAD)
         assert sealer.current_key_id()
         assert sealer.current_key_id() == sealer.current_key_id()
 
+    def test_a_fresh_sealer_has_no_key_or_a_current_one(self, sealer: Sealer) -> None:
+        before = sealer.current_key_id()
+        ids = sealer.key_ids()
+        if before == "":
+            assert ids == []  # no key yet: reading did not make one
+            assert sealer.current_key_id() == ""
+            assert sealer.retire_keys([]) == []
+            assert sealer.key_ids() == []
+        else:
+            assert ids[0] == before
+        sealed = sealer.seal(_PLAINTEXT, _AAD)
+        assert sealer.current_key_id()
+        assert sealed.key_id == sealer.current_key_id()
+        if before:
+            assert sealer.current_key_id() == before
+        assert sealer.key_ids()[0] == sealer.current_key_id()
+
     def test_key_ids_lists_the_current_key_first(self, sealer: Sealer) -> None:
+        sealer.seal(_PLAINTEXT, _AAD)
         ids = sealer.key_ids()
         assert ids
         assert ids[0] == sealer.current_key_id()
@@ -137,7 +158,8 @@ class SealerContract:
     # ------------------------------------------------------------------ rotation
 
     def test_rotate_makes_a_new_current_key(self, sealer: Sealer) -> None:
-        old = sealer.current_key_id()
+        old = sealer.seal(_PLAINTEXT, _AAD).key_id
+        assert old == sealer.current_key_id()
         new = sealer.rotate_kek()
         assert new != old
         assert sealer.current_key_id() == new
@@ -168,8 +190,8 @@ class SealerContract:
             sealer.rewrap(dataclasses.replace(sealed, key_id="0123456789abcdef"), _AAD)
 
     def test_retire_keeps_keys_in_use_and_the_current_one(self, sealer: Sealer) -> None:
-        first = sealer.current_key_id()
         kept = sealer.seal(_PLAINTEXT, _AAD)
+        first = sealer.current_key_id()
         second = sealer.rotate_kek()
         dropped = sealer.seal(_PLAINTEXT, b"cred_0002")
         third = sealer.rotate_kek()
@@ -189,8 +211,8 @@ class SealerContract:
         assert sealer.current_key_id() == third
 
     def test_retire_keeps_a_key_superseded_less_than_min_age_ago(self, sealer: Sealer) -> None:
-        first = sealer.current_key_id()
         sealed = sealer.seal(_PLAINTEXT, _AAD)
+        first = sealer.current_key_id()
         second = sealer.rotate_kek()  # `first` stopped being current just now
 
         assert sealer.retire_keys([], min_age=60) == []

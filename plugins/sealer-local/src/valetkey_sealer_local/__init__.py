@@ -3,7 +3,9 @@
 Every record is encrypted with AES-256-GCM under a fresh 32-byte data key, with the record's id
 as associated data; the data key is wrapped with AES-256-GCM under the current key-encryption key
 (KEK). The KEK ring lives in the selected secret store (entry ``kek-ring``; the OS keyring by
-default), or comes from ``VALETKEY_KEK``, or is generated on first use. See
+default), or comes from ``VALETKEY_KEK``, or is generated at the first seal; the kernel's home
+holds the ids of the vault's keys (``kek-ids.json``) and the lock every change of the ring takes
+(``kek-ring.lock``). See
 :class:`valetkey_sealer_local.sealer.LocalSealer`; ``[plugin.sealer-local]`` is
 :class:`LocalSealerConfig`.
 
@@ -36,8 +38,11 @@ def _factory(ctx: PluginContext) -> Sealer:
 
     config: LocalSealerConfig = ctx.config if ctx.config is not None else LocalSealerConfig()
     kernel = ctx.kernel
-    # the secret store is reached on first use of a key, not when the sealer is built
-    return LocalSealer(lambda: kernel.secret_store, ring_ttl=config.ring_ttl)
+    # the secret store and the home are reached on first use of a key, not when the sealer is
+    # built; the home holds kek-ids.json and kek-ring.lock
+    return LocalSealer(
+        lambda: kernel.secret_store, home=lambda: kernel.home, ring_ttl=config.ring_ttl
+    )
 
 
 __all__ = ["LocalSealerConfig", "valetkey_config_schema", "valetkey_register_sealers"]
