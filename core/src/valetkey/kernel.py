@@ -494,8 +494,8 @@ class Kernel:
             for (kind, _name), instance in list(self._instances.items()):
                 if kind == "box_runtime":
                     stack.push_async_callback(instance.close)
-                elif kind == "notifier":
-                    closer = getattr(instance, "aclose", None)
+                elif kind in ("notifier", "credential_provider"):
+                    closer = getattr(instance, "aclose", None)  # HTTP clients and the like
                     if callable(closer):
                         stack.push_async_callback(closer)
 

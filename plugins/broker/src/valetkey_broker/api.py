@@ -1,0 +1,327 @@
+"""The broker's REST API, mounted at ``/api`` by ``valetkey serve``.
+
+Every request carries ``Authorization: Bearer <API token>``; the token (stored as its SHA-256)
+names the owner, and the owner always comes from the token, never from the body. Errors have one
+stable shape: ``{"error": {"code": "...", "message": "..."}}`` with the matching status. The
+OpenAPI document is at ``/api/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import timedelta
+from typing import Any
+
+from valetkey_hookspecs import (
+    ApiToken,
+    AuthType,
+    Connection,
+    ConnectionStatus,
+    InvalidInput,
+    KernelAPI,
+    NotFound,
+    Secret,
+    TransientRecord,
+    Unauthorized,
+    ValetkeyError,
+    utcnow,
+)
+
+from .broker import Broker
+from .ids import hash_token
+
+MAX_BODY = 64 * 1024
+OAUTH_STATE = "oauth-state"
+OAUTH_TTL = timedelta(minutes=10)
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+def connection_json(conn: Connection) -> dict[str, Any]:
+    """The public view of a connection (no secret, ever)."""
+    return {
+        "id": conn.id,
+        "connector": conn.connector,
+        "status": conn.status.value,
+        "label": conn.label,
+        "error": conn.error,
+        "created_at": conn.created_at.isoformat(),
+        "updated_at": conn.updated_at.isoformat(),
+    }
+
+
+def build_api(kernel: KernelAPI) -> Any:
+    """The Starlette app for ``/api`` (imported lazily: only ``valetkey serve`` needs it)."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, RedirectResponse, Response
+    from starlette.routing import Route
+
+    config = kernel.plugin_config("broker")
+    broker = Broker(kernel, config)
+
+    def error(status: int, code: str, message: str) -> JSONResponse:
+        headers = {"WWW-Authenticate": 'Bearer realm="valetkey"'} if status == 401 else None
+        return JSONResponse({"error": {"code": code, "message": message}}, status, headers)
+
+    async def owner_of(request: Request) -> str:
+        header = request.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise Unauthorized("missing bearer token: send 'Authorization: Bearer <API token>'")
+        try:
+            token = await kernel.store.api_tokens.find(hash_token(value.strip()))
+        except NotFound:
+            raise Unauthorized("unknown or revoked API token") from None
+        await kernel.store.api_tokens.touch(token.id, utcnow())
+        return token.owner
+
+    async def body(request: Request, allowed: set[str]) -> dict[str, Any]:
+        raw = await request.body()
+        if len(raw) > MAX_BODY:
+            raise InvalidInput(f"request body over {MAX_BODY} bytes")
+        if not raw:
+            return {}
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidInput("request body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise InvalidInput("request body must be a JSON object")
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise InvalidInput(
+                f"unknown field {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})"
+            )
+        return data
+
+    def text(data: Mapping[str, Any], key: str, *, required: bool = False) -> str | None:
+        value = data.get(key)
+        if value is None:
+            if required:
+                raise InvalidInput(f"field {key!r} is required")
+            return None
+        if not isinstance(value, str) or not value:
+            raise InvalidInput(f"field {key!r} must be a non-empty string")
+        return value
+
+    def endpoint(fn: Handler, *, auth: bool = True) -> Handler:
+        async def wrapped(request: Request) -> Response:
+            try:
+                if auth:
+                    owner = await owner_of(request)
+                    return await fn(request, owner)  # type: ignore[no-any-return]
+                return await fn(request)  # type: ignore[no-any-return]
+            except ValetkeyError as exc:
+                return error(exc.http_status, exc.code, str(exc))
+
+        return wrapped
+
+    async def list_connectors(_request: Request, _owner: str) -> JSONResponse:
+        return JSONResponse(
+            [
+                {
+                    "slug": c.slug,
+                    "name": c.name,
+                    "auth": c.auth.type.value,
+                    "description": c.description,
+                    "scopes": list(c.auth.scopes),
+                    "device_flow": bool(c.auth.device_authorization_url),
+                    "hosts": list(c.injection.hosts) if c.injection else [],
+                }
+                for c in kernel.connectors.list()
+            ]
+        )
+
+    async def create_connection(request: Request, owner: str) -> JSONResponse:
+        data = await body(request, {"connector", "label"})
+        conn = await broker.create_connection(
+            owner,
+            text(data, "connector", required=True) or "",
+            label=text(data, "label") or "",
+            actor="api",
+        )
+        return JSONResponse(connection_json(conn), 201)
+
+    async def list_connections(_request: Request, owner: str) -> JSONResponse:
+        return JSONResponse([connection_json(c) for c in await broker.list_connections(owner)])
+
+    async def connection(request: Request, owner: str) -> Response:
+        cid = request.path_params["id"]
+        if request.method == "GET":
+            return JSONResponse(connection_json(await broker.get_connection(owner, cid)))
+        if request.method == "DELETE":
+            await broker.delete(owner, cid, actor="api")
+            return Response(status_code=204)
+        data = await body(request, {"label", "status"})
+        await broker.get_connection(owner, cid)
+        status = text(data, "status")
+        if status is not None and status != ConnectionStatus.REVOKED.value:
+            raise InvalidInput("status can only be set to 'REVOKED' (reconnect to re-activate)")
+        label = (
+            text(data, "label") if "label" in data and data["label"] != "" else data.get("label")
+        )
+        if label is not None:
+            await kernel.store.connections.update(cid, owner, label=label)
+        if status is not None:
+            await broker.revoke(owner, cid, actor="api")
+        return JSONResponse(connection_json(await broker.get_connection(owner, cid)))
+
+    async def put_credentials(request: Request, owner: str) -> Response:
+        data = await body(
+            request, {"api_key", "api_secret", "access_token", "refresh_token", "expires_in"}
+        )
+        expires_in = data.get("expires_in")
+        if expires_in is not None and (not isinstance(expires_in, int | float) or expires_in <= 0):
+            raise InvalidInput("field 'expires_in' must be a positive number of seconds")
+        secret = Secret(
+            api_key=text(data, "api_key"),
+            api_secret=text(data, "api_secret"),
+            access_token=text(data, "access_token"),
+            refresh_token=text(data, "refresh_token"),
+            expires_at=utcnow() + timedelta(seconds=expires_in) if expires_in else None,
+        )
+        if not secret.token:
+            raise InvalidInput("send 'api_key' or 'access_token'")
+        await broker.store_secret(owner, request.path_params["id"], secret, actor="api")
+        return Response(status_code=204)
+
+    async def vend(request: Request, owner: str) -> JSONResponse:
+        secret = await broker.vend(owner, request.path_params["id"], actor="api")
+        return JSONResponse(
+            {
+                "token": secret.token,
+                "token_type": secret.token_type or "Bearer",
+                "api_secret": secret.api_secret,
+                "expires_at": secret.expires_at.isoformat() if secret.expires_at else None,
+            },
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def oauth_start(request: Request, owner: str) -> JSONResponse:
+        data = await body(request, {"return_to", "scopes"})
+        conn = await broker.get_connection(owner, request.path_params["id"])
+        connector = kernel.connectors.get(conn.connector)
+        if connector.auth.type is not AuthType.OAUTH2 or not connector.auth.authorize_url:
+            raise InvalidInput(f"{connector.slug} has no authorization-code flow")
+        return_to = text(data, "return_to")
+        if return_to is not None and return_to not in config.oauth_return_urls:
+            raise InvalidInput(
+                "return_to is not in [plugin.broker] oauth_return_urls (exact match)"
+            )
+        if not config.public_url:
+            raise InvalidInput("set [plugin.broker] public_url so providers can reach the callback")
+        scopes = data.get("scopes") or []
+        if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+            raise InvalidInput("field 'scopes' must be a list of strings")
+        flows = kernel.credential_provider("oauth2")
+        redirect_uri = config.public_url.rstrip("/") + "/api/oauth/callback"
+        auth = flows.authorization_request(connector, redirect_uri, scopes)  # type: ignore[attr-defined]
+        sealed = kernel.sealer.seal(
+            json.dumps({"verifier": auth.verifier}).encode(), f"{OAUTH_STATE}:{auth.state}".encode()
+        )
+        expires = utcnow() + OAUTH_TTL
+        await kernel.store.transient.put(
+            TransientRecord(
+                kind=OAUTH_STATE,
+                key=hash_token(auth.state),
+                expires_at=expires,
+                owner=owner,
+                data={
+                    "connection_id": conn.id,
+                    "redirect_uri": redirect_uri,
+                    "return_to": return_to,
+                    "scopes": list(auth.scopes),
+                    "state": auth.state,
+                },
+                sealed=sealed,
+            )
+        )
+        return JSONResponse({"authorization_url": auth.url, "expires_at": expires.isoformat()})
+
+    async def oauth_callback(request: Request) -> Response:
+        params = request.query_params
+        state = params.get("state")
+        if not state:
+            raise InvalidInput("the callback has no state")
+        try:
+            record = await kernel.store.transient.take(OAUTH_STATE, hash_token(state))
+        except NotFound:
+            raise InvalidInput("unknown, expired or already used login state") from None
+        if params.get("error"):
+            raise Unauthorized(
+                f"the provider refused: {params['error']}"
+                + (f": {params['error_description']}" if params.get("error_description") else "")
+            )
+        code = params.get("code")
+        if not code or record.sealed is None or record.owner is None:
+            raise InvalidInput("the callback has no code")
+        verifier = json.loads(kernel.sealer.open(record.sealed, f"{OAUTH_STATE}:{state}".encode()))[
+            "verifier"
+        ]
+        conn = await broker.get_connection(record.owner, record.data["connection_id"])
+        connector = kernel.connectors.get(conn.connector)
+        from valetkey_hookspecs import AuthorizationRequest
+
+        auth = AuthorizationRequest(
+            url="",
+            state=state,
+            verifier=verifier,
+            redirect_uri=record.data["redirect_uri"],
+            scopes=tuple(record.data.get("scopes") or ()),
+        )
+        flows = kernel.credential_provider("oauth2")
+        secret = await flows.exchange_code(connector, auth, code)  # type: ignore[attr-defined]
+        await broker.store_secret(record.owner, conn.id, secret, actor="oauth-callback")
+        return_to = record.data.get("return_to")
+        if return_to and return_to in config.oauth_return_urls:
+            return RedirectResponse(return_to, 303)
+        return JSONResponse({"connected": conn.id, "connector": conn.connector})
+
+    async def openapi(_request: Request) -> JSONResponse:
+        from .openapi import document
+
+        return JSONResponse(document())
+
+    def route(path: str, fn: Handler, methods: list[str], auth: bool = True) -> Route:
+        return Route(path, endpoint(fn, auth=auth), methods=methods)
+
+    async def not_found(request: Request, exc: Exception) -> JSONResponse:
+        return error(404, "not_found", f"no such endpoint: {request.method} {request.url.path}")
+
+    async def not_allowed(request: Request, exc: Exception) -> JSONResponse:
+        return error(405, "method_not_allowed", f"{request.method} is not allowed here")
+
+    return Starlette(
+        routes=[
+            Route("/openapi.json", openapi, methods=["GET"]),
+            route("/connectors", list_connectors, ["GET"]),
+            route("/connections", create_connection, ["POST"]),
+            route("/connections", list_connections, ["GET"]),
+            route("/connections/{id}", connection, ["GET", "PATCH", "DELETE"]),
+            route("/connections/{id}/credentials", put_credentials, ["POST"]),
+            route("/connections/{id}/token", vend, ["POST"]),
+            route("/connections/{id}/oauth/start", oauth_start, ["POST"]),
+            route("/oauth/callback", oauth_callback, ["GET"], auth=False),
+        ],
+        exception_handlers={404: not_found, 405: not_allowed},
+    )
+
+
+async def create_api_token(kernel: KernelAPI, owner: str, name: str = "") -> tuple[ApiToken, str]:
+    """A new API token for ``owner``: the record (hash only) and the token, shown once."""
+    import secrets
+
+    from .ids import check_owner, new_id
+
+    token = "vk_" + secrets.token_urlsafe(32)
+    record = await kernel.store.api_tokens.create(
+        ApiToken(
+            id=new_id("tok"), owner=check_owner(owner), token_hash=hash_token(token), name=name
+        )
+    )
+    await kernel.store.audit.append(
+        "api_token.create", actor="cli", owner=owner, detail={"token_id": record.id, "name": name}
+    )
+    return record, token

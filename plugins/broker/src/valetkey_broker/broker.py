@@ -1,0 +1,416 @@
+"""The token lifecycle (Conduit's usecase, re-designed): connections per owner, credentials sealed
+by the kernel's sealer, vend with refresh-on-read, single-flight refresh, refresh-ahead, re-auth.
+
+Vend is the hot path: one store read (connection and credential together), one decrypt, one audit
+append. A credential within ``refresh_lead`` of expiry is refreshed first, once: concurrent vends
+in this process share one in-flight refresh, and processes sharing a database take a lease row
+(``refresh:<connection id>``) so only one of them calls the provider; the others wait for the
+credential's version to move and read the fresh one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from valetkey_hookspecs import (
+    AuthType,
+    Connection,
+    ConnectionStatus,
+    Connector,
+    Credential,
+    CredentialKind,
+    CredentialProvider,
+    InvalidInput,
+    KernelAPI,
+    NeedsReauth,
+    NotFound,
+    Notification,
+    RateLimited,
+    Revoked,
+    Secret,
+    Store,
+    ValetkeyError,
+    utcnow,
+)
+from valetkey_hookspecs.redaction import register_secret
+
+from .config import BrokerConfig
+from .ids import check_owner, credential_id, new_id, process_id
+
+log = logging.getLogger("valetkey.broker")
+
+
+@dataclass
+class RefreshReport:
+    """What one refresh-ahead pass did."""
+
+    refreshed: list[str] = field(default_factory=list)
+    rate_limited: list[str] = field(default_factory=list)
+    needs_reauth: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, list[str]]:
+        """For ``--json`` output."""
+        return {
+            "refreshed": self.refreshed,
+            "rate_limited": self.rate_limited,
+            "needs_reauth": self.needs_reauth,
+            "failed": self.failed,
+            "skipped": self.skipped,
+        }
+
+
+class Broker:
+    """Connections and their credentials, for one kernel (one store, one sealer)."""
+
+    def __init__(
+        self,
+        kernel: KernelAPI,
+        config: BrokerConfig | None = None,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._kernel = kernel
+        self.config = config or BrokerConfig()
+        self._clock = clock
+        self._holder = process_id()
+        self._inflight: dict[str, asyncio.Future[Secret]] = {}
+        self._cooldown: dict[str, float] = {}
+
+    @property
+    def store(self) -> Store:
+        """The kernel's store (opened by the caller's ``async with kernel``)."""
+        return self._kernel.store
+
+    # ------------------------------------------------------------------ connections
+
+    async def create_connection(
+        self, owner: str, connector: str, *, label: str = "", actor: str = "cli"
+    ) -> Connection:
+        """A new ACTIVE connection (without a credential yet) for a known connector."""
+        check_owner(owner)
+        found = self._kernel.connectors.get(connector)  # NotFound for an unknown slug
+        conn = await self.store.connections.create(
+            Connection(id=new_id("conn"), owner=owner, connector=found.slug, label=label)
+        )
+        await self.store.audit.append(
+            "connection.create",
+            actor=actor,
+            owner=owner,
+            connection_id=conn.id,
+            detail={"connector": found.slug},
+        )
+        return conn
+
+    async def get_connection(self, owner: str, connection_id: str) -> Connection:
+        """Owner-scoped: a foreign id is not found."""
+        return await self.store.connections.get(connection_id, check_owner(owner))
+
+    async def list_connections(self, owner: str) -> list[Connection]:
+        """The owner's connections."""
+        return await self.store.connections.list(check_owner(owner))
+
+    async def store_secret(
+        self,
+        owner: str,
+        connection_id: str,
+        secret: Secret,
+        *,
+        actor: str = "cli",
+        kind: CredentialKind | None = None,
+    ) -> Credential:
+        """Seal ``secret`` as the connection's credential and make the connection ACTIVE."""
+        conn = await self.get_connection(owner, connection_id)
+        if conn.status is ConnectionStatus.REVOKED:
+            raise Revoked(f"connection {conn.id} is revoked; create a new one")
+        if not secret.token:
+            raise InvalidInput("a credential needs an access token or an API key")
+        connector = self._kernel.connectors.get(conn.connector)
+        kind = kind or _kind_for(connector, secret)
+        _remember(secret)
+        cred_id = credential_id(conn.id)
+        sealed = self._kernel.sealer.seal(secret.to_bytes(), cred_id.encode())
+        cred = await self.store.credentials.put(
+            Credential(
+                id=cred_id,
+                connection_id=conn.id,
+                kind=kind,
+                sealed=sealed,
+                expires_at=secret.expires_at,
+            )
+        )
+        if conn.status is not ConnectionStatus.ACTIVE:
+            await self.store.connections.set_status(conn.id, ConnectionStatus.ACTIVE)
+        await self.store.audit.append(
+            "credential.store",
+            actor=actor,
+            owner=owner,
+            connection_id=conn.id,
+            detail={"kind": kind.value, "version": cred.version},
+        )
+        return cred
+
+    async def revoke(self, owner: str, connection_id: str, *, actor: str = "cli") -> Connection:
+        """Stop vending; the credential stays sealed until the connection is deleted."""
+        await self.get_connection(owner, connection_id)
+        conn = await self.store.connections.set_status(connection_id, ConnectionStatus.REVOKED)
+        await self.store.audit.append(
+            "connection.revoke", actor=actor, owner=owner, connection_id=connection_id
+        )
+        return conn
+
+    async def delete(self, owner: str, connection_id: str, *, actor: str = "cli") -> None:
+        """Delete the connection and its sealed credential."""
+        await self.store.connections.delete(connection_id, check_owner(owner))
+        await self.store.audit.append(
+            "connection.delete", actor=actor, owner=owner, connection_id=connection_id
+        )
+
+    # ------------------------------------------------------------------ vend
+
+    async def vend(self, owner: str, connection_id: str, *, actor: str = "api") -> Secret:
+        """The connection's current secret, refreshed first when it is close to expiry."""
+        conn, cred = await self.store.credentials.get_with_connection(connection_id, owner)
+        _check_status(conn)
+        if cred is None:
+            raise NotFound(
+                f"connection {conn.id} has no credential yet: connect it with "
+                f"'valetkey connect {conn.connector}' or 'valetkey key add {conn.connector}'"
+            )
+        secret = self._open(cred)
+        if self._due(cred, secret):
+            secret = await self._refresh_once(conn, cred, secret, actor)
+        elif _expired(cred, self._clock()) and not secret.refresh_token:
+            await self._needs_reauth(
+                conn, "the access token expired and there is no refresh token", actor
+            )
+        await self.store.audit.append("vend", actor=actor, owner=owner, connection_id=conn.id)
+        return secret
+
+    async def refresh(self, owner: str, connection_id: str, *, actor: str = "cli") -> Secret:
+        """Refresh now, whatever the expiry (still single-flight)."""
+        conn, cred = await self.store.credentials.get_with_connection(connection_id, owner)
+        _check_status(conn)
+        if cred is None:
+            raise NotFound(f"connection {conn.id} has no credential to refresh")
+        secret = self._open(cred)
+        if not secret.refresh_token:
+            raise InvalidInput(
+                f"connection {conn.id} has no refresh token (API keys never refresh)"
+            )
+        return await self._refresh_once(conn, cred, secret, actor, force=True)
+
+    async def refresh_due(
+        self, *, limit: int | None = None, actor: str = "scheduler"
+    ) -> RefreshReport:
+        """Refresh credentials of ACTIVE connections that expire within the lead, soonest first.
+
+        A credential that failed recently is skipped for a few minutes so it does not block the
+        queue; a rate-limited provider is left for the next pass (nothing is sent).
+        """
+        report = RefreshReport()
+        now_mono = time.monotonic()
+        self._cooldown = {k: t for k, t in self._cooldown.items() if t > now_mono}
+        batch = limit or self.config.batch_size
+        before = self._clock() + timedelta(seconds=self.config.refresh_lead)
+        due = await self.store.credentials.due(before, batch + len(self._cooldown))
+        for cred in due:
+            if len(report.refreshed) + len(report.failed) + len(report.needs_reauth) >= batch:
+                break
+            if cred.connection_id in self._cooldown:
+                report.skipped.append(cred.connection_id)
+                continue
+            try:
+                conn = await self.store.connections.get(cred.connection_id)
+                secret = self._open(cred)
+                if not secret.refresh_token:
+                    report.skipped.append(conn.id)
+                    continue
+                await self._refresh_once(conn, cred, secret, actor)
+                report.refreshed.append(conn.id)
+            except RateLimited:
+                report.rate_limited.append(cred.connection_id)
+            except NeedsReauth:
+                report.needs_reauth.append(cred.connection_id)
+            except ValetkeyError as exc:
+                log.warning("refresh of %s failed: %s", cred.connection_id, exc)
+                report.failed.append(cred.connection_id)
+                self._cooldown[cred.connection_id] = now_mono + 300
+        return report
+
+    # ------------------------------------------------------------------ internals
+
+    def _open(self, cred: Credential) -> Secret:
+        secret = Secret.from_bytes(self._kernel.sealer.open(cred.sealed, cred.id.encode()))
+        _remember(secret)
+        return secret
+
+    def _due(self, cred: Credential, secret: Secret) -> bool:
+        if cred.expires_at is None or not secret.refresh_token:
+            return False
+        return cred.expires_at - self._clock() <= timedelta(seconds=self.config.refresh_lead)
+
+    async def _refresh_once(
+        self, conn: Connection, cred: Credential, secret: Secret, actor: str, force: bool = False
+    ) -> Secret:
+        """In-process single flight: concurrent callers share one refresh of a connection."""
+        running = self._inflight.get(conn.id)
+        if running is not None:
+            return await asyncio.shield(running)
+        future: asyncio.Future[Secret] = asyncio.get_running_loop().create_future()
+        self._inflight[conn.id] = future
+        try:
+            result = await self._refresh_with_lease(conn, cred, secret, actor, force)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # the caller re-raises it; waiters get it from the future
+            raise
+        else:
+            future.set_result(result)
+            return result
+        finally:
+            del self._inflight[conn.id]
+
+    async def _refresh_with_lease(
+        self, conn: Connection, cred: Credential, secret: Secret, actor: str, force: bool
+    ) -> Secret:
+        """Cross-process single flight through a lease row; others wait for the new version."""
+        lease = f"refresh:{conn.id}"
+        leases = self.store.leases
+        deadline = time.monotonic() + self.config.refresh_wait
+        pause = 0.02
+        while True:
+            if await leases.acquire(lease, self._holder, self.config.lease_ttl):
+                try:
+                    latest_conn, latest = await self.store.credentials.get_with_connection(conn.id)
+                    _check_status(latest_conn)
+                    if latest is not None and latest.version != cred.version:
+                        fresh = self._open(latest)
+                        if force or not self._due(latest, fresh):
+                            return fresh  # another process refreshed while we waited
+                        cred, secret = latest, fresh
+                    return await self._call_provider(latest_conn, cred, secret, actor)
+                finally:
+                    await leases.release(lease, self._holder)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.25)
+            latest_conn, latest = await self.store.credentials.get_with_connection(conn.id)
+            _check_status(latest_conn)
+            if latest is not None and latest.version != cred.version:
+                fresh = self._open(latest)
+                if force or not self._due(latest, fresh):
+                    return fresh
+            if time.monotonic() > deadline:
+                if not _expired(cred, self._clock()):
+                    return secret  # still valid: better than failing the caller
+                raise ValetkeyError(
+                    f"connection {conn.id}: another process has been refreshing it for over "
+                    f"{self.config.refresh_wait:.0f}s"
+                )
+
+    async def _call_provider(
+        self, conn: Connection, cred: Credential, secret: Secret, actor: str
+    ) -> Secret:
+        connector = self._kernel.connectors.get(conn.connector)
+        provider = self._provider(connector)
+        try:
+            fresh = await provider.refresh(connector, secret)
+        except NeedsReauth as exc:
+            await self._needs_reauth(conn, str(exc), actor)
+            raise AssertionError("unreachable") from None  # _needs_reauth raises
+        except RateLimited:
+            if not _expired(cred, self._clock()):
+                log.info("refresh of %s rate-limited; the current token is still valid", conn.id)
+                return secret
+            raise
+        except ValetkeyError as exc:
+            if not _expired(cred, self._clock()):
+                log.warning(
+                    "refresh of %s failed (%s); the current token is still valid", conn.id, exc
+                )
+                return secret
+            raise
+        _remember(fresh)
+        if not fresh.refresh_token and secret.refresh_token:
+            fresh = fresh.with_changes(refresh_token=secret.refresh_token)
+        sealed = self._kernel.sealer.seal(fresh.to_bytes(), cred.id.encode())
+        stored = await self.store.credentials.replace(
+            conn.id, sealed, fresh.expires_at, expected_version=cred.version
+        )
+        await self.store.audit.append(
+            "refresh",
+            actor=actor,
+            owner=conn.owner,
+            connection_id=conn.id,
+            detail={"version": stored.version},
+        )
+        return fresh
+
+    async def _needs_reauth(self, conn: Connection, why: str, actor: str) -> None:
+        """Flip to NEEDS_REAUTH, audit, notify, raise NeedsReauth."""
+        await self.store.connections.set_status(conn.id, ConnectionStatus.NEEDS_REAUTH, error=why)
+        await self.store.audit.append(
+            "reauth.required",
+            actor=actor,
+            owner=conn.owner,
+            connection_id=conn.id,
+            detail={"reason": why},
+        )
+        await self._kernel.notify(
+            Notification(
+                kind="needs_reauth",
+                message=f"{conn.connector} connection {conn.id} of {conn.owner} needs "
+                f"re-authorization: {why}",
+                owner=conn.owner,
+                connection_id=conn.id,
+                connector=conn.connector,
+                data={
+                    "connect_command": f"valetkey connect {conn.connector} --owner "
+                    f"{conn.owner} --connection {conn.id}"
+                },
+            )
+        )
+        raise NeedsReauth(
+            f"connection {conn.id} ({conn.connector}) needs re-authorization: {why}; run "
+            f"'valetkey connect {conn.connector} --connection {conn.id}'"
+        )
+
+    def _provider(self, connector: Connector) -> CredentialProvider:
+        return self._kernel.credential_provider(connector.auth.type.value)
+
+
+def _remember(secret: Secret) -> None:
+    """Every value this process handles is redacted from its logs and error texts."""
+    for value in secret.values():
+        register_secret(value)
+
+
+def _check_status(conn: Connection) -> None:
+    if conn.status is ConnectionStatus.REVOKED:
+        raise Revoked(f"connection {conn.id} is revoked")
+    if conn.status is ConnectionStatus.NEEDS_REAUTH:
+        raise NeedsReauth(
+            f"connection {conn.id} ({conn.connector}) needs re-authorization; run "
+            f"'valetkey connect {conn.connector} --connection {conn.id}'"
+        )
+
+
+def _expired(cred: Credential, now: datetime) -> bool:
+    return cred.expires_at is not None and cred.expires_at <= now
+
+
+def _kind_for(connector: Connector, secret: Secret) -> CredentialKind:
+    if connector.auth.type is AuthType.OAUTH2 or secret.access_token:
+        return CredentialKind.OAUTH2
+    if connector.auth.type is AuthType.BASIC:
+        return CredentialKind.BASIC
+    return CredentialKind.API_KEY

@@ -1,0 +1,202 @@
+"""The broker against the real store, sealer and secret store: owner scoping, vend, refresh on
+read, single flight in one process and across two, re-auth, rate limits, refresh-ahead, audit."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from valetkey_broker.broker import Broker
+
+from valetkey_hookspecs import (
+    ConnectionStatus,
+    InvalidInput,
+    NeedsReauth,
+    NotFound,
+    RateLimited,
+    Revoked,
+    Secret,
+    utcnow,
+)
+from valetkey_hookspecs.audit import verify_chain
+
+pytestmark = pytest.mark.anyio
+
+
+async def oauth_connection(broker, owner="ann", expires_in=3600.0, refresh="refresh-0-abcdefgh"):
+    conn = await broker.create_connection(owner, "acme")
+    await broker.store_secret(
+        owner,
+        conn.id,
+        Secret(
+            access_token="access-0-abcdefgh",
+            refresh_token=refresh,
+            expires_at=utcnow() + timedelta(seconds=expires_in),
+        ),
+    )
+    return conn
+
+
+async def test_create_needs_a_known_connector_and_a_valid_owner(make_kernel):
+    async with make_kernel() as kernel:
+        broker = Broker(kernel)
+        with pytest.raises(NotFound, match="unknown connector 'nope'"):
+            await broker.create_connection("ann", "nope")
+        with pytest.raises(InvalidInput, match="invalid owner ''"):
+            await broker.create_connection("", "acme")
+        assert await kernel.store.connections.count() == 0
+
+
+async def test_an_api_key_vends_as_stored_and_never_refreshes(make_kernel, plugin):
+    async with make_kernel() as kernel:
+        broker = Broker(kernel)
+        conn = await broker.create_connection("ann", "keyco")
+        await broker.store_secret("ann", conn.id, Secret(api_key="sk-test-123456"))
+        secret = await broker.vend("ann", conn.id)
+        assert secret.token == "sk-test-123456"
+        assert plugin.provider.calls == 0
+
+
+async def test_another_owner_cannot_see_vend_revoke_or_delete(make_kernel):
+    async with make_kernel() as kernel:
+        broker = Broker(kernel)
+        conn = await oauth_connection(broker, owner="ann")
+        for call in (
+            broker.get_connection("bob", conn.id),
+            broker.vend("bob", conn.id),
+            broker.revoke("bob", conn.id),
+            broker.delete("bob", conn.id),
+            broker.refresh("bob", conn.id),
+        ):
+            with pytest.raises(NotFound) as info:
+                await call
+            assert "bob" not in str(info.value) and "ann" not in str(info.value)
+        assert [c.id for c in await broker.list_connections("bob")] == []
+        assert (await broker.get_connection("ann", conn.id)).status is ConnectionStatus.ACTIVE
+
+
+async def test_a_warm_token_is_vended_without_calling_the_provider(make_kernel, plugin):
+    async with make_kernel() as kernel:
+        broker = Broker(kernel)
+        conn = await oauth_connection(broker, expires_in=3600)
+        assert (await broker.vend("ann", conn.id)).access_token == "access-0-abcdefgh"
+        assert plugin.provider.calls == 0
+
+
+async def test_a_token_within_the_lead_is_refreshed_on_read(make_kernel, plugin):
+    async with make_kernel() as kernel:
+        broker = Broker(kernel)
+        conn = await oauth_connection(broker, expires_in=60)  # lead is 300 s
+        secret = await broker.vend("ann", conn.id)
+        assert secret.access_token == "access-1-abcdefgh"
+        assert secret.refresh_token == "refresh-0-abcdefgh"  # kept when the provider omits one
+        assert plugin.provider.calls == 1
+        again = await broker.vend("ann", conn.id)
+        assert again.access_token == "access-1-abcdefgh" and plugin.provider.calls == 1
+
+
+async def test_fifty_concurrent_vends_cause_one_refresh(make_kernel, plugin):
+    async with make_kernel() as kernel:
+        broker = Broker(kernel)
+        conn = await oauth_connection(broker, expires_in=10)
+        results = await asyncio.gather(*(broker.vend("ann", conn.id) for _ in range(50)))
+        assert plugin.provider.calls == 1
+        assert {s.access_token for s in results} == {"access-1-abcdefgh"}
+
+
+async def test_two_processes_on_one_database_refresh_once(make_kernel, plugin):
+    """Two kernels (separate store connections, separate brokers, separate lease holders) on one
+    SQLite file behave like two processes."""
+    plugin.provider.delay = 0.2
+    async with make_kernel() as one, make_kernel() as two:
+        first, second = Broker(one), Broker(two)
+        conn = await oauth_connection(first, expires_in=10)
+        vends = [first.vend("ann", conn.id) for _ in range(25)]
+        vends += [second.vend("ann", conn.id) for _ in range(25)]
+        results = await asyncio.gather(*vends)
+        assert plugin.provider.calls == 1
+        assert {s.access_token for s in results} == {"access-1-abcdefgh"}
+
+
+async def test_a_dead_grant_flips_to_needs_reauth_notifies_once_and_stops_calling(
+    make_kernel, plugin
+):
+    plugin.provider.fail = NeedsReauth("invalid_grant: refresh token revoked")
+    async with make_kernel() as kernel:
+        broker = Broker(kernel)
+        conn = await oauth_connection(broker, expires_in=10)
+        with pytest.raises(NeedsReauth, match=f"connection {conn.id} \\(acme\\) needs re-auth"):
+            await broker.vend("ann", conn.id)
+        assert (await broker.get_connection("ann", conn.id)).status is ConnectionStatus.NEEDS_REAUTH
+        with pytest.raises(NeedsReauth):
+            await broker.vend("ann", conn.id)
+        assert plugin.provider.calls == 1
+        await kernel.drain_notifications()
+        (note,) = plugin.notifier.got
+        assert (note.kind, note.owner, note.connection_id) == ("needs_reauth", "ann", conn.id)
+        assert "valetkey connect acme" in note.data["connect_command"]
+        actions = [e.action for e in await kernel.store.audit.list(connection_id=conn.id)]
+        assert "reauth.required" in actions
+
+
+async def test_rate_limited_refresh_returns_the_still_valid_token(make_kernel, plugin):
+    plugin.provider.fail = RateLimited("acme: 5 requests per 60s used", retry_after=30)
+    async with make_kernel() as kernel:
+        broker = Broker(kernel)
+        conn = await oauth_connection(broker, expires_in=60)
+        assert (await broker.vend("ann", conn.id)).access_token == "access-0-abcdefgh"
+        expired = await oauth_connection(broker, expires_in=-5)
+        with pytest.raises(RateLimited):
+            await broker.vend("ann", expired.id)
+
+
+async def test_revoked_vends_nothing(make_kernel):
+    async with make_kernel() as kernel:
+        broker = Broker(kernel)
+        conn = await oauth_connection(broker)
+        await broker.revoke("ann", conn.id)
+        with pytest.raises(Revoked, match=f"connection {conn.id} is revoked"):
+            await broker.vend("ann", conn.id)
+
+
+async def test_refresh_due_refreshes_soonest_first_and_skips_inactive(make_kernel, plugin):
+    async with make_kernel() as kernel:
+        broker = Broker(kernel)
+        late = await oauth_connection(broker, expires_in=200)
+        soon = await oauth_connection(broker, expires_in=20)
+        fresh = await oauth_connection(broker, expires_in=7200)
+        revoked = await oauth_connection(broker, expires_in=10)
+        await broker.revoke("ann", revoked.id)
+        report = await broker.refresh_due()
+        assert report.refreshed == [soon.id, late.id]
+        assert plugin.provider.calls == 2
+        assert fresh.id not in report.refreshed and revoked.id not in report.refreshed
+        assert (await broker.refresh_due()).refreshed == []  # nothing is due any more
+
+
+async def test_the_audit_chain_covers_every_action_and_verifies(make_kernel):
+    async with make_kernel() as kernel:
+        broker = Broker(kernel)
+        conn = await oauth_connection(broker, expires_in=10)
+        await broker.vend("ann", conn.id)
+        await broker.revoke("ann", conn.id)
+        events = await kernel.store.audit.list()
+        assert [e.action for e in events] == [
+            "connection.create",
+            "credential.store",
+            "refresh",
+            "vend",
+            "connection.revoke",
+        ]
+        assert verify_chain(events) is None
+
+
+async def test_no_token_is_readable_in_the_database_files(make_kernel, home):
+    async with make_kernel() as kernel:
+        broker = Broker(kernel)
+        conn = await oauth_connection(broker, expires_in=10)
+        await broker.vend("ann", conn.id)
+    blob = b"".join(p.read_bytes() for p in home.rglob("*") if p.is_file())
+    for value in ("access-0-abcdefgh", "access-1-abcdefgh", "refresh-0-abcdefgh"):
+        assert value.encode() not in blob
