@@ -15,6 +15,28 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _load_fixture_module(name: str, relative: str):
+    """Load a shared fixture module by path (tests run with --import-mode=importlib)."""
+    import importlib.util
+
+    module_name = f"valetkey_tests_fixtures_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(
+        module_name, REPO / "tests" / "fixtures" / relative
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+oidc_fixture = _load_fixture_module("oidc", "oidc/oidc_fixture.py")
+oidc_server = oidc_fixture.oidc_server
+oidc = oidc_fixture.oidc
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     home = tmp_path / "home"

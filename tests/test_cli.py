@@ -88,3 +88,20 @@ def test_a_bug_is_one_line_unless_debugging(run_cli, install_plugin):
     debug = run_cli("hello", "bug", env={"VALETKEY_DEBUG": "1"})
     assert debug.returncode == 1
     assert "Traceback" in debug.stderr
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        f"{sys.executable} -m valetkey connectors list | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        check=False,
+    )
+    assert proc.stdout.startswith("SLUG")
+    assert proc.stderr == ""

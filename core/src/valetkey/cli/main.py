@@ -100,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("valetkey: interrupted\n")
         return 130
+    except BrokenPipeError:  # `valetkey ... | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except Exception as exc:  # a bug: one line, the traceback on request
         if os.environ.get("VALETKEY_DEBUG"):
             raise

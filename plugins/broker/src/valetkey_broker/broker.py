@@ -295,10 +295,12 @@ class Broker:
                     _check_status(latest_conn)
                     if latest is not None and latest.version != cred.version:
                         fresh = self._open(latest)
-                        if force or not self._due(latest, fresh):
+                        if force or not _expired(latest, self._clock()):
                             return fresh  # another process refreshed while we waited
                         cred, secret = latest, fresh
-                    return await self._call_provider(latest_conn, cred, secret, actor)
+                    return await self._call_provider(
+                        latest_conn, cred, secret, actor, tolerate=not force
+                    )
                 finally:
                     await leases.release(lease, self._holder)
             await asyncio.sleep(pause)
@@ -307,8 +309,8 @@ class Broker:
             _check_status(latest_conn)
             if latest is not None and latest.version != cred.version:
                 fresh = self._open(latest)
-                if force or not self._due(latest, fresh):
-                    return fresh
+                if force or not _expired(latest, self._clock()):
+                    return fresh  # just refreshed elsewhere: do not refresh it again
             if time.monotonic() > deadline:
                 if not _expired(cred, self._clock()):
                     return secret  # still valid: better than failing the caller
@@ -318,8 +320,11 @@ class Broker:
                 )
 
     async def _call_provider(
-        self, conn: Connection, cred: Credential, secret: Secret, actor: str
+        self, conn: Connection, cred: Credential, secret: Secret, actor: str, tolerate: bool = True
     ) -> Secret:
+        """Refresh at the provider and store the result. With ``tolerate`` (vends and the
+        scheduler), a rate limit or a failure while the current token is still valid returns the
+        current token; an explicit refresh reports it."""
         connector = self._kernel.connectors.get(conn.connector)
         provider = self._provider(connector)
         try:
@@ -328,12 +333,12 @@ class Broker:
             await self._needs_reauth(conn, str(exc), actor)
             raise AssertionError("unreachable") from None  # _needs_reauth raises
         except RateLimited:
-            if not _expired(cred, self._clock()):
+            if tolerate and not _expired(cred, self._clock()):
                 log.info("refresh of %s rate-limited; the current token is still valid", conn.id)
                 return secret
             raise
         except ValetkeyError as exc:
-            if not _expired(cred, self._clock()):
+            if tolerate and not _expired(cred, self._clock()):
                 log.warning(
                     "refresh of %s failed (%s); the current token is still valid", conn.id, exc
                 )

@@ -1,0 +1,345 @@
+"""Issue 3's acceptance, end to end against a real authorization server (npm oidc-provider, from
+tests/fixtures/oidc): the CLI's PKCE loopback login and device login, refresh with rotation, a
+dead grant flipping the connection to NEEDS_REAUTH with one signed webhook, 50 concurrent vends
+causing exactly one token request — in one process and across two ``valetkey serve`` processes
+on one database —, a 5/min rate profile, and no token in the database, the logs or an error."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from valetkey.kernel import load
+from valetkey_broker.broker import Broker
+from valetkey_hookspecs import ConnectionStatus, NeedsReauth, RateLimited, Secret, utcnow
+
+pytestmark = pytest.mark.slow
+
+SLUG = "idp"
+
+
+def write_connector(oidc, rate: str = "") -> None:
+    folder = os.path.join(os.environ["XDG_CONFIG_HOME"], "valetkey", "connectors")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"{SLUG}.toml"), "w") as handle:
+        handle.write(f"""
+name = "Test IdP"
+[auth]
+type = "oauth2"
+authorize_url = "{oidc.authorization_endpoint}"
+token_url = "{oidc.token_endpoint}"
+device_authorization_url = "{oidc.device_authorization_endpoint}"
+scopes = ["openid", "offline_access"]
+pkce = true
+client_auth = "none"
+extra_authorize_params = {{ prompt = "consent" }}
+[injection]
+hosts = ["api.idp.test"]
+env_var = "IDP_TOKEN"
+{rate}
+""")
+
+
+@pytest.fixture
+def idp(oidc, monkeypatch):
+    monkeypatch.setenv(f"VALETKEY_OAUTH_{SLUG.upper()}_CLIENT_ID", oidc.native_client_id)
+    monkeypatch.setenv("VALETKEY_OWNER", "ann")
+    write_connector(oidc)
+    return oidc
+
+
+def start_cli(*args):
+    return subprocess.Popen(
+        [sys.executable, "-m", "valetkey", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
+
+
+def read_until(stream, pattern, timeout=30.0):
+    """Lines from ``stream`` until one matches; returns the match."""
+    seen = []
+    box: dict[str, re.Match[str] | None] = {"m": None}
+
+    def reader():
+        for line in stream:
+            seen.append(line)
+            if (m := re.search(pattern, line)) is not None:
+                box["m"] = m
+                return
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert box["m"] is not None, f"no {pattern!r} in: {''.join(seen)}"
+    return box["m"]
+
+
+def connect_with_browser(idp) -> str:
+    proc = start_cli("connect", SLUG, "--no-browser", "--json")
+    url = read_until(proc.stderr, r"(http://127\.0\.0\.1:\d+/auth\?\S+)").group(1)
+    callback = idp.approve_authorization(url)
+    assert callback.startswith("http://127.0.0.1:") and "/callback?" in callback
+    page = httpx.get(callback, timeout=10)  # the browser lands on the CLI's loopback receiver
+    assert page.status_code == 200
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    return json.loads(out)["id"]
+
+
+def test_pkce_loopback_login_through_the_cli_then_vend(idp, isolated):
+    cid = connect_with_browser(idp)
+    token = subprocess.run(
+        [sys.executable, "-m", "valetkey", "token", cid], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert len(token) > 20
+    assert idp.token_requests("authorization_code") == 1
+    blob = b"".join(p.read_bytes() for p in isolated.rglob("*") if p.is_file())
+    assert token.encode() not in blob
+
+
+def test_device_login_through_the_cli(idp):
+    proc = start_cli("connect", SLUG, "--device", "--json")
+    code = read_until(proc.stderr, r"^\s+([A-Z0-9-]{6,})\s*$").group(1)
+    idp.approve_device(code)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    conn = json.loads(out)
+    assert conn["status"] == "ACTIVE"
+    assert idp.token_requests("urn:ietf:params:oauth:grant-type:device_code") >= 1
+
+
+def test_refresh_rotates_and_the_old_refresh_token_is_dead(idp):
+    cid = connect_with_browser(idp)
+
+    async def scenario():
+        kernel = load()
+        async with kernel:
+            broker = Broker(kernel)
+            conn, cred = await kernel.store.credentials.get_with_connection(cid, "ann")
+            before = Secret.from_bytes(kernel.sealer.open(cred.sealed, cred.id.encode()))
+            after = await broker.refresh("ann", cid)
+            assert after.refresh_token != before.refresh_token  # rotated
+            assert after.access_token != before.access_token
+            provider = kernel.credential_provider("oauth2")
+            connector = kernel.connectors.get(SLUG)
+            with pytest.raises(NeedsReauth):
+                await provider.refresh(connector, before)  # the old refresh token is rejected
+
+    asyncio.run(scenario())
+    assert idp.token_requests("refresh_token") == 2
+
+
+class Receiver(BaseHTTPRequestHandler):
+    got: list[tuple[dict[str, str], bytes]] = []
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Receiver.got.append((dict(self.headers), body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_dead_grant_flips_to_needs_reauth_with_one_signed_webhook(idp, tmp_path, monkeypatch):
+    from valetkey_notify_webhook import verify_signature
+
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    Receiver.got = []
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    config = tmp_path / "hook.toml"
+    config.write_text(f"""
+[plugin.notify-webhook]
+url = "http://127.0.0.1:{receiver.server_address[1]}/hook"
+secret = {{ "$env" = "HOOK_SECRET" }}
+""")
+    monkeypatch.setenv("HOOK_SECRET", "whsec-test-0123456789")
+    monkeypatch.setenv("VALETKEY_CONFIG", str(config))
+    cid = connect_with_browser(idp)
+
+    async def kill_grant():  # the person revokes valetkey's access at the provider
+        kernel = load()
+        async with kernel:
+            conn, cred = await kernel.store.credentials.get_with_connection(cid, "ann")
+            secret = Secret.from_bytes(kernel.sealer.open(cred.sealed, cred.id.encode()))
+            httpx.post(
+                idp.revocation_endpoint,
+                data={
+                    "token": secret.refresh_token,
+                    "token_type_hint": "refresh_token",
+                    "client_id": idp.native_client_id,
+                },
+            ).raise_for_status()
+
+    asyncio.run(kill_grant())
+    proc = subprocess.run(
+        [sys.executable, "-m", "valetkey", "refresh", cid],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "needs re-authorization" in proc.stderr and "Traceback" not in proc.stderr
+    listed = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "valetkey", "connections", "show", cid, "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    assert listed["status"] == ConnectionStatus.NEEDS_REAUTH.value
+    receiver.shutdown()
+    ((headers, body),) = Receiver.got
+    verify_signature("whsec-test-0123456789", headers, body)
+    event = json.loads(body)
+    assert (event["kind"], event["connection_id"], event["owner"]) == ("needs_reauth", cid, "ann")
+    assert "valetkey connect idp" in event["data"]["connect_command"]
+
+
+async def _due_connection(broker, kernel, cid) -> None:
+    """Make the stored credential look close to expiry (10 s; the lead is 30 s here)."""
+    conn, cred = await kernel.store.credentials.get_with_connection(cid, "ann")
+    secret = Secret.from_bytes(kernel.sealer.open(cred.sealed, cred.id.encode()))
+    await broker.store_secret(
+        "ann", cid, secret.with_changes(expires_at=utcnow() + timedelta(seconds=10))
+    )
+
+
+def broker_config(tmp_path) -> str:
+    config = tmp_path / "broker.toml"
+    config.write_text("[plugin.broker]\nrefresh_lead = 30\n")
+    return str(config)
+
+
+def test_fifty_concurrent_vends_make_one_token_request(idp, tmp_path, monkeypatch):
+    monkeypatch.setenv("VALETKEY_CONFIG", broker_config(tmp_path))
+    cid = connect_with_browser(idp)
+
+    async def scenario():
+        kernel = load()
+        async with kernel:
+            broker = Broker(kernel, kernel.plugin_config("broker"))
+            await _due_connection(broker, kernel, cid)
+            idp.reset_counts()
+            tokens = await asyncio.gather(*(broker.vend("ann", cid) for _ in range(50)))
+            return {t.access_token for t in tokens}
+
+    distinct = asyncio.run(scenario())
+    assert idp.token_requests("refresh_token") == 1
+    assert len(distinct) == 1
+
+
+def start_serve():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "valetkey", "serve", "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
+    url = read_until(proc.stderr, r"serving on (http://127\.0\.0\.1:\d+)").group(1)
+    return proc, url
+
+
+def test_two_serve_processes_on_one_database_make_one_token_request(idp, tmp_path, monkeypatch):
+    """Both servers' refresh-ahead schedulers see the credential due as they start, and 50
+    vends spread over both race them: the provider still sees exactly one refresh."""
+    monkeypatch.setenv("VALETKEY_CONFIG", broker_config(tmp_path))
+    cid = connect_with_browser(idp)
+    made = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "valetkey", "tokens", "create", "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+
+    async def make_due():
+        kernel = load()
+        async with kernel:
+            await _due_connection(Broker(kernel, kernel.plugin_config("broker")), kernel, cid)
+
+    asyncio.run(make_due())
+    idp.reset_counts()  # from here: two refresh-ahead schedulers and 50 vends, one refresh
+    servers = [start_serve(), start_serve()]
+    try:
+
+        async def vend_everywhere():
+            headers = {"Authorization": f"Bearer {made['token']}"}
+            async with httpx.AsyncClient(headers=headers, timeout=30) as client:
+                calls = [
+                    client.post(f"{url}/api/connections/{cid}/token")
+                    for _proc, url in servers
+                    for _ in range(25)
+                ]
+                return await asyncio.gather(*calls)
+
+        responses = asyncio.run(vend_everywhere())
+        assert {r.status_code for r in responses} == {200}
+        assert len({r.json()["token"] for r in responses}) == 1
+        assert idp.token_requests("refresh_token") == 1
+    finally:
+        for proc, _url in servers:
+            proc.terminate()
+            proc.communicate(timeout=20)
+
+
+def test_a_rate_profile_of_five_per_minute_sends_no_sixth_request(idp, tmp_path):
+    write_connector(idp, rate="[rate]\nrequests = 5\nper_seconds = 60\n")
+    cid = connect_with_browser(idp)  # (another process: its own bucket)
+    idp.reset_counts()
+
+    async def scenario():
+        kernel = load()
+        async with kernel:
+            broker = Broker(kernel)
+            for _ in range(5):
+                await broker.refresh("ann", cid)
+            with pytest.raises(RateLimited) as info:
+                await broker.refresh("ann", cid)
+            return str(info.value)
+
+    message = asyncio.run(scenario())
+    assert idp.token_requests() == 5
+    assert "idp" in message
+
+
+def test_no_token_reaches_the_logs_or_errors_at_debug(idp, isolated, monkeypatch):
+    monkeypatch.setenv("VALETKEY_LOG_LEVEL", "DEBUG")
+    cid = connect_with_browser(idp)
+    token = subprocess.run(
+        [sys.executable, "-m", "valetkey", "token", cid], capture_output=True, text=True, check=True
+    )
+    refresh = subprocess.run(
+        [sys.executable, "-m", "valetkey", "refresh", cid, "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    new_token = subprocess.run(
+        [sys.executable, "-m", "valetkey", "token", cid], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    for proc in (token, refresh):
+        assert token.stdout.strip() not in proc.stderr
+        assert new_token not in proc.stderr
+    assert token.stdout.strip() not in refresh.stdout and new_token not in refresh.stdout
+    blob = b"".join(p.read_bytes() for p in isolated.rglob("*") if p.is_file())
+    assert token.stdout.strip().encode() not in blob and new_token.encode() not in blob
