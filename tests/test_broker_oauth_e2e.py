@@ -13,15 +13,14 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+from valetkey_broker.broker import Broker
 
 from valetkey.kernel import load
-from valetkey_broker.broker import Broker
 from valetkey_hookspecs import ConnectionStatus, NeedsReauth, RateLimited, Secret, utcnow
 
 pytestmark = pytest.mark.slow
@@ -129,7 +128,7 @@ def test_refresh_rotates_and_the_old_refresh_token_is_dead(idp):
         kernel = load()
         async with kernel:
             broker = Broker(kernel)
-            conn, cred = await kernel.store.credentials.get_with_connection(cid, "ann")
+            _conn, cred = await kernel.store.credentials.get_with_connection(cid, "ann")
             before = Secret.from_bytes(kernel.sealer.open(cred.sealed, cred.id.encode()))
             after = await broker.refresh("ann", cid)
             assert after.refresh_token != before.refresh_token  # rotated
@@ -146,7 +145,7 @@ def test_refresh_rotates_and_the_old_refresh_token_is_dead(idp):
 class Receiver(BaseHTTPRequestHandler):
     got: list[tuple[dict[str, str], bytes]] = []
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         Receiver.got.append((dict(self.headers), body))
         self.send_response(204)
@@ -175,7 +174,7 @@ secret = {{ "$env" = "HOOK_SECRET" }}
     async def kill_grant():  # the person revokes valetkey's access at the provider
         kernel = load()
         async with kernel:
-            conn, cred = await kernel.store.credentials.get_with_connection(cid, "ann")
+            _conn, cred = await kernel.store.credentials.get_with_connection(cid, "ann")
             secret = Secret.from_bytes(kernel.sealer.open(cred.sealed, cred.id.encode()))
             httpx.post(
                 idp.revocation_endpoint,
@@ -216,7 +215,7 @@ secret = {{ "$env" = "HOOK_SECRET" }}
 
 async def _due_connection(broker, kernel, cid) -> None:
     """Make the stored credential look close to expiry (10 s; the lead is 30 s here)."""
-    conn, cred = await kernel.store.credentials.get_with_connection(cid, "ann")
+    _conn, cred = await kernel.store.credentials.get_with_connection(cid, "ann")
     secret = Secret.from_bytes(kernel.sealer.open(cred.sealed, cred.id.encode()))
     await broker.store_secret(
         "ann", cid, secret.with_changes(expires_at=utcnow() + timedelta(seconds=10))
