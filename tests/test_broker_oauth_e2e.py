@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -342,3 +343,123 @@ def test_no_token_reaches_the_logs_or_errors_at_debug(idp, isolated, monkeypatch
     assert token.stdout.strip() not in refresh.stdout and new_token not in refresh.stdout
     blob = b"".join(p.read_bytes() for p in isolated.rglob("*") if p.is_file())
     assert token.stdout.strip().encode() not in blob and new_token.encode() not in blob
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_serve_on(port: int):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "valetkey", "serve", "--port", str(port)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
+    read_until(proc.stderr, r"serving on")
+    return proc, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def served_idp(oidc, monkeypatch, tmp_path):
+    """valetkey serve with public_url, a webhook receiver, and the idp connector on the
+    'valetkey-server' client (its redirect is serve's /api/oauth/callback)."""
+    monkeypatch.setenv(f"VALETKEY_OAUTH_{SLUG.upper()}_CLIENT_ID", oidc.server_client_id)
+    monkeypatch.setenv("VALETKEY_OWNER", "ann")
+    monkeypatch.setenv("HOOK_SECRET", "whsec-test-0123456789")
+    write_connector(oidc)
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    Receiver.got = []
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    port = free_port()
+    config = tmp_path / "serve.toml"
+    config.write_text(f"""
+[plugin.broker]
+public_url = "http://127.0.0.1:{port}"
+[plugin.notify-webhook]
+url = "http://127.0.0.1:{receiver.server_address[1]}/hook"
+secret = {{ "$env" = "HOOK_SECRET" }}
+""")
+    monkeypatch.setenv("VALETKEY_CONFIG", str(config))
+    made = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "valetkey", "tokens", "create", "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    proc, url = start_serve_on(port)
+    api = httpx.Client(
+        base_url=f"{url}/api", timeout=30, headers={"Authorization": f"Bearer {made['token']}"}
+    )
+    yield oidc, api
+    api.close()
+    proc.terminate()
+    proc.communicate(timeout=20)
+    receiver.shutdown()
+
+
+def test_connect_through_the_rest_api_with_the_authorization_code_flow(served_idp):
+    oidc, api = served_idp
+    cid = api.post("/connections", json={"connector": SLUG}).json()["id"]
+    started = api.post(f"/connections/{cid}/oauth/start").json()
+    callback = oidc.approve_authorization(started["authorization_url"])
+    assert "/api/oauth/callback?" in callback
+    landed = httpx.get(callback, timeout=30)
+    assert landed.json() == {"connected": cid, "connector": SLUG}
+    assert api.post(f"/connections/{cid}/token").json()["token"]
+    replay = httpx.get(callback, timeout=30)  # the state is single-use
+    assert replay.status_code == 400
+    assert replay.json()["error"]["message"] == "unknown, expired or already used login state"
+
+
+def test_needs_reauth_webhook_carries_a_link_and_a_device_code_that_completes(served_idp):
+    from valetkey_notify_webhook import verify_signature
+
+    oidc, api = served_idp
+    cid = api.post("/connections", json={"connector": SLUG}).json()["id"]
+    started = api.post(f"/connections/{cid}/oauth/start").json()
+    httpx.get(oidc.approve_authorization(started["authorization_url"]), timeout=30)
+
+    async def kill_grant_and_make_due():
+        kernel = load()
+        async with kernel:
+            _conn, cred = await kernel.store.credentials.get_with_connection(cid, "ann")
+            secret = Secret.from_bytes(kernel.sealer.open(cred.sealed, cred.id.encode()))
+            httpx.post(
+                oidc.revocation_endpoint,
+                data={
+                    "token": secret.refresh_token,
+                    "token_type_hint": "refresh_token",
+                    "client_id": oidc.server_client_id,
+                },
+            ).raise_for_status()
+            await Broker(kernel).store_secret(
+                "ann", cid, secret.with_changes(expires_at=utcnow() + timedelta(seconds=10))
+            )
+
+    asyncio.run(kill_grant_and_make_due())
+    failed = api.post(f"/connections/{cid}/token")
+    assert (failed.status_code, failed.json()["error"]["code"]) == (409, "needs_reauth")
+    deadline = time.monotonic() + 20
+    while not Receiver.got and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ((headers, body),) = Receiver.got
+    verify_signature("whsec-test-0123456789", headers, body)
+    data = json.loads(body)["data"]
+    assert data["connect_url"].startswith(oidc.authorization_endpoint)
+    assert data["user_code"] and data["verification_uri"].startswith(oidc.issuer)
+    oidc.approve_device(data["user_code"])
+    while time.monotonic() < deadline + 30:
+        if api.get(f"/connections/{cid}").json()["status"] == "ACTIVE":
+            break
+        time.sleep(0.2)
+    assert api.get(f"/connections/{cid}").json()["status"] == "ACTIVE"
+    assert api.post(f"/connections/{cid}/token").status_code == 200
+    kinds = [json.loads(b)["kind"] for _h, b in Receiver.got]
+    assert kinds == ["needs_reauth", "reauthorized"]

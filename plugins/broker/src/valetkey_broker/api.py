@@ -15,14 +15,12 @@ from typing import Any
 
 from valetkey_hookspecs import (
     ApiToken,
-    AuthType,
     Connection,
     ConnectionStatus,
     InvalidInput,
     KernelAPI,
     NotFound,
     Secret,
-    TransientRecord,
     Unauthorized,
     ValetkeyError,
     utcnow,
@@ -30,10 +28,9 @@ from valetkey_hookspecs import (
 
 from .broker import Broker
 from .ids import hash_token
+from .reconnect import OAUTH_STATE, flows, start_authorization
 
 MAX_BODY = 64 * 1024
-OAUTH_STATE = "oauth-state"
-OAUTH_TTL = timedelta(minutes=10)
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -59,7 +56,7 @@ def build_api(kernel: KernelAPI) -> Any:
     from starlette.routing import Route
 
     config = kernel.plugin_config("broker")
-    broker = Broker(kernel, config)
+    broker = Broker(kernel, config, background=True)
 
     def error(status: int, code: str, message: str) -> JSONResponse:
         headers = {"WWW-Authenticate": 'Bearer realm="valetkey"'} if status == 401 else None
@@ -202,43 +199,20 @@ def build_api(kernel: KernelAPI) -> Any:
     async def oauth_start(request: Request, owner: str) -> JSONResponse:
         data = await body(request, {"return_to", "scopes"})
         conn = await broker.get_connection(owner, request.path_params["id"])
-        connector = kernel.connectors.get(conn.connector)
-        if connector.auth.type is not AuthType.OAUTH2 or not connector.auth.authorize_url:
-            raise InvalidInput(f"{connector.slug} has no authorization-code flow")
-        return_to = text(data, "return_to")
-        if return_to is not None and return_to not in config.oauth_return_urls:
-            raise InvalidInput(
-                "return_to is not in [plugin.broker] oauth_return_urls (exact match)"
-            )
-        if not config.public_url:
-            raise InvalidInput("set [plugin.broker] public_url so providers can reach the callback")
         scopes = data.get("scopes") or []
         if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
             raise InvalidInput("field 'scopes' must be a list of strings")
-        flows = kernel.credential_provider("oauth2")
-        redirect_uri = config.public_url.rstrip("/") + "/api/oauth/callback"
-        auth = flows.authorization_request(connector, redirect_uri, scopes)  # type: ignore[attr-defined]
-        sealed = kernel.sealer.seal(
-            json.dumps({"verifier": auth.verifier}).encode(), f"{OAUTH_STATE}:{auth.state}".encode()
+        started = await start_authorization(
+            kernel,
+            config,
+            conn,
+            kernel.connectors.get(conn.connector),
+            return_to=text(data, "return_to"),
+            scopes=scopes,
         )
-        expires = utcnow() + OAUTH_TTL
-        await kernel.store.transient.put(
-            TransientRecord(
-                kind=OAUTH_STATE,
-                key=hash_token(auth.state),
-                expires_at=expires,
-                owner=owner,
-                data={
-                    "connection_id": conn.id,
-                    "redirect_uri": redirect_uri,
-                    "return_to": return_to,
-                    "scopes": list(auth.scopes),
-                    "state": auth.state,
-                },
-                sealed=sealed,
-            )
+        return JSONResponse(
+            {"authorization_url": started.url, "expires_at": started.expires_at.isoformat()}
         )
-        return JSONResponse({"authorization_url": auth.url, "expires_at": expires.isoformat()})
 
     async def oauth_callback(request: Request) -> Response:
         params = request.query_params
@@ -271,8 +245,7 @@ def build_api(kernel: KernelAPI) -> Any:
             redirect_uri=record.data["redirect_uri"],
             scopes=tuple(record.data.get("scopes") or ()),
         )
-        flows = kernel.credential_provider("oauth2")
-        secret = await flows.exchange_code(connector, auth, code)  # type: ignore[attr-defined]
+        secret = await flows(kernel).exchange_code(connector, auth, code)
         await broker.store_secret(record.owner, conn.id, secret, actor="oauth-callback")
         return_to = record.data.get("return_to")
         if return_to and return_to in config.oauth_return_urls:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from valetkey_hookspecs import (
     AuthType,
@@ -25,6 +26,7 @@ from valetkey_hookspecs import (
     Credential,
     CredentialKind,
     CredentialProvider,
+    DeviceAuthorization,
     InvalidInput,
     KernelAPI,
     NeedsReauth,
@@ -75,8 +77,13 @@ class Broker:
         config: BrokerConfig | None = None,
         *,
         clock: Callable[[], datetime] = utcnow,
+        background: bool = False,
     ) -> None:
+        """:param background: this broker lives in a long-running server, so a re-auth may
+        start a device login and complete it in the background (a CLI process would exit)."""
         self._kernel = kernel
+        self._background = background
+        self._tasks: set[asyncio.Task[None]] = set()
         self.config = config or BrokerConfig()
         self._clock = clock
         self._holder = process_id()
@@ -361,7 +368,7 @@ class Broker:
         return fresh
 
     async def _needs_reauth(self, conn: Connection, why: str, actor: str) -> None:
-        """Flip to NEEDS_REAUTH, audit, notify, raise NeedsReauth."""
+        """Flip to NEEDS_REAUTH, audit, notify (with a way back in), raise NeedsReauth."""
         await self.store.connections.set_status(conn.id, ConnectionStatus.NEEDS_REAUTH, error=why)
         await self.store.audit.append(
             "reauth.required",
@@ -370,6 +377,7 @@ class Broker:
             connection_id=conn.id,
             detail={"reason": why},
         )
+        offer = await self._reconnect_offer(conn)
         await self._kernel.notify(
             Notification(
                 kind="needs_reauth",
@@ -380,7 +388,8 @@ class Broker:
                 connector=conn.connector,
                 data={
                     "connect_command": f"valetkey connect {conn.connector} --owner "
-                    f"{conn.owner} --connection {conn.id}"
+                    f"{conn.owner} --connection {conn.id}",
+                    **offer,
                 },
             )
         )
@@ -388,6 +397,61 @@ class Broker:
             f"connection {conn.id} ({conn.connector}) needs re-authorization: {why}; run "
             f"'valetkey connect {conn.connector} --connection {conn.id}'"
         )
+
+    async def _reconnect_offer(self, conn: Connection) -> dict[str, Any]:
+        """A connect link (with ``public_url``) and, in a server, a device code whose approval
+        is awaited in the background. Failing to make either never stops the notification."""
+        from .reconnect import device_offer, flows, start_authorization
+
+        offer: dict[str, Any] = {}
+        try:
+            connector = self._kernel.connectors.get(conn.connector)
+            if connector.auth.type is not AuthType.OAUTH2:
+                return offer
+            if self.config.public_url and connector.auth.authorize_url:
+                started = await start_authorization(self._kernel, self.config, conn, connector)
+                offer["connect_url"] = started.url
+                offer["connect_url_expires_at"] = started.expires_at.isoformat()
+            if self._background and connector.auth.device_authorization_url:
+                oauth = flows(self._kernel)
+                device = await oauth.start_device(connector, connector.auth.scopes)
+                offer.update(device_offer(device))
+                task = asyncio.get_running_loop().create_task(
+                    self._complete_device(conn, connector, device)
+                )
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        except ValetkeyError as exc:
+            log.warning("no reconnect link for %s: %s", conn.id, exc)
+        return offer
+
+    async def _complete_device(
+        self, conn: Connection, connector: Connector, device: DeviceAuthorization
+    ) -> None:
+        """Wait for the person to enter the device code; store the new credential."""
+        from .reconnect import flows
+
+        try:
+            secret = await flows(self._kernel).poll_device(connector, device)
+            await self.store_secret(conn.owner, conn.id, secret, actor="reauth.device")
+            await self.store.audit.append(
+                "reauth.completed",
+                actor="reauth.device",
+                owner=conn.owner,
+                connection_id=conn.id,
+            )
+            await self._kernel.notify(
+                Notification(
+                    kind="reauthorized",
+                    message=f"{conn.connector} connection {conn.id} of {conn.owner} is "
+                    "connected again",
+                    owner=conn.owner,
+                    connection_id=conn.id,
+                    connector=conn.connector,
+                )
+            )
+        except ValetkeyError as exc:
+            log.info("device re-authorization of %s did not complete: %s", conn.id, exc)
 
     def _provider(self, connector: Connector) -> CredentialProvider:
         return self._kernel.credential_provider(connector.auth.type.value)

@@ -18,7 +18,7 @@ log = logging.getLogger("valetkey.broker.scheduler")
 
 async def refresh_ahead(kernel: KernelAPI) -> None:
     """Run until cancelled."""
-    broker = Broker(kernel, kernel.plugin_config("broker"))
+    broker = Broker(kernel, kernel.plugin_config("broker"), background=True)
     while True:
         report = await broker.refresh_due()
         if any(report.as_dict().values()):
