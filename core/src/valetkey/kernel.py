@@ -388,7 +388,7 @@ class Kernel:
                     return
                 seen[connector.slug] = (connector, _plugin)
 
-            self._call("valetkey_register_connectors", impl, register=register)
+            self._call("valetkey_register_connectors", impl, register=register, kernel=self)
         return ConnectorCatalog(c for c, _ in seen.values())
 
     def doctor(self) -> list[str]:

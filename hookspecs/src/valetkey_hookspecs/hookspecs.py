@@ -47,11 +47,12 @@ def valetkey_config_schema() -> type[Any] | None:
 
 
 @hookspec
-def valetkey_register_connectors(register: RegisterConnector) -> None:
+def valetkey_register_connectors(register: RegisterConnector, kernel: KernelAPI) -> None:
     """Register connector definitions (providers valetkey can connect to).
 
     :param register: call ``register(connector)`` once per :class:`~valetkey_hookspecs.Connector`.
         A slug registered twice is reported as a plugin error naming both plugins.
+    :param kernel: the kernel (for ``kernel.plugin_config(...)``; nothing is opened).
 
     .. versionadded:: 0.1
     """

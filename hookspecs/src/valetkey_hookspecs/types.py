@@ -44,6 +44,8 @@ class AuthSpec:
     #: how the client authenticates at the token endpoint: "basic", "post" or "none" (public client)
     client_auth: str = "post"
     extra_authorize_params: Mapping[str, str] = field(default_factory=dict)
+    #: how scopes are joined in requests: RFC 6749 says a space; Slack, Linear use a comma
+    scope_separator: str = " "
 
 
 @dataclass(frozen=True, slots=True)

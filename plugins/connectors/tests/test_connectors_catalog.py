@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import valetkey_connectors
@@ -146,9 +147,16 @@ def test_the_loader_uses_the_conformance_kits_rules() -> None:
     assert schema.ENV_VAR.pattern == kit.ENV_VAR.pattern
 
 
+class FakeKernel:
+    """Only what the plugin asks of a kernel: its (absent) config table."""
+
+    def plugin_config(self, plugin: str) -> Any:
+        return None
+
+
 def test_the_registration_hook_registers_the_catalog() -> None:
     registered: list[Connector] = []
-    valetkey_connectors.valetkey_register_connectors(registered.append)
+    valetkey_connectors.valetkey_register_connectors(registered.append, FakeKernel())
     assert [c.slug for c in registered] == [c.slug for c in builtin()[0]]
     assert all(c.slug in load().sources and load().sources[c.slug] == BUILTIN for c in registered)
 
@@ -226,3 +234,14 @@ def test_the_readme_examples_are_valid_connector_files() -> None:
     assert [c.auth.type for c in parsed] == [OAUTH2, API_KEY]
     assert parsed[1].injection is not None
     assert parsed[1].injection.add_headers == {"X-Acme-Secret": "{secret}"}
+
+
+def test_providers_that_join_scopes_with_commas_say_so():
+    from valetkey_connectors.loader import builtin
+
+    connectors, problems = builtin()
+    assert problems == ()
+    by_slug = {c.slug: c for c in connectors}
+    assert by_slug["slack"].auth.scope_separator == ","
+    assert by_slug["linear"].auth.scope_separator == ","
+    assert by_slug["github"].auth.scope_separator == " "

@@ -96,6 +96,13 @@ def test_a_user_file_overrides_a_builtin_slug(
 
 BAD_FILES = [
     pytest.param(
+        "sep.toml",
+        'name = "Sep"\n[auth]\ntype = "oauth2"\ntoken_url = "https://a.example/t"\n'
+        'authorize_url = "https://a.example/a"\nscope_separator = ";"\n',
+        'auth.scope_separator: must be " " (the standard) or ","',
+        id="scope-separator",
+    ),
+    pytest.param(
         "broken.toml",
         'name = "Broken"\n[auth\ntype = "api_key"\n',
         # tomllib's own wording, with the position
@@ -372,17 +379,16 @@ def test_the_doctor_hook_is_quiet_when_all_is_well(user_dir: Path, acme_toml: st
     assert valetkey_connectors.valetkey_doctor(FakeKernel()) == []  # type: ignore[arg-type]
 
 
-def test_the_kernels_configuration_is_used_once_a_hook_saw_the_kernel(
+def test_the_registration_hook_uses_the_kernels_configuration(
     user_dir: Path, acme_toml: str
 ) -> None:
     write(user_dir, "acme.toml", acme_toml)
-    kernel = FakeKernel(ConnectorsConfig(builtin=False))
     registered: list[Any] = []
-    valetkey_connectors.valetkey_register_connectors(registered.append)
-    assert len(registered) > 25  # no kernel seen yet: defaults
-    valetkey_connectors.valetkey_register_commands(_App(), kernel)  # type: ignore[arg-type]
+    valetkey_connectors.valetkey_register_connectors(registered.append, FakeKernel())
+    assert len(registered) > 25  # defaults: the built-in catalog too
     registered.clear()
-    valetkey_connectors.valetkey_register_connectors(registered.append)
+    kernel = FakeKernel(ConnectorsConfig(builtin=False))
+    valetkey_connectors.valetkey_register_connectors(registered.append, kernel)
     assert [c.slug for c in registered] == ["acme"]
 
 

@@ -84,6 +84,15 @@ def test_authorization_url_carries_s256_challenge_state_and_scopes():
     assert plain.verifier is None and "code_challenge" not in plain.url
 
 
+def test_a_comma_scope_separator_is_used_where_the_provider_wants_it():
+    provider = OAuthProvider(OAuthConfig(clients={"acme-cloud": ClientConfig("cid")}), env={})
+    request = provider.authorization_request(
+        connector(scope_separator=","), "http://127.0.0.1:5000/callback"
+    )
+    query = {k: v[0] for k, v in parse_qs(urlsplit(request.url).query).items()}
+    assert query["scope"] == "read,write"
+
+
 # --------------------------------------------------------------------------- loopback receiver
 
 

@@ -84,7 +84,7 @@ class PluginContract:
             ) -> None:
                 _seen.append((name, factory))
 
-            impl(register)
+            _call(impl, register=register, kernel=_BareKernel())
             assert seen, f"{hook} registered nothing"
             for name, factory in seen:
                 assert isinstance(name, str), f"{hook}: name {name!r} is not a str"
@@ -93,6 +93,38 @@ class PluginContract:
         impl = getattr(plugin, "valetkey_register_connectors", None)
         if impl is not None:
             found: list[Any] = []
-            impl(found.append)
+            _call(impl, register=found.append, kernel=_BareKernel())
             assert found
             assert all(isinstance(c, Connector) for c in found)
+
+
+def _call(impl: Any, **kwargs: Any) -> Any:
+    """Call a hook implementation with the arguments it names (pluggy's rule: it may take fewer
+    than the spec)."""
+    import inspect
+
+    names = list(inspect.signature(impl).parameters)
+    return impl(**{name: kwargs[name] for name in names})
+
+
+class _BareKernel:
+    """The least a registry hook may use of the kernel: no config, a throw-away home, no
+    connectors, notifications dropped."""
+
+    def __init__(self) -> None:
+        import tempfile
+        from pathlib import Path
+
+        from ..registry import ConnectorCatalog
+
+        self.home = Path(tempfile.mkdtemp(prefix="valetkey-kit-"))
+        self.connectors = ConnectorCatalog()
+
+    def plugin_config(self, plugin: str) -> Any:
+        return None
+
+    async def notify(self, notification: Any) -> None:
+        return None
+
+    async def drain_notifications(self, timeout: float = 60.0) -> None:
+        return None

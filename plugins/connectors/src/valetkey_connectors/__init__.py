@@ -41,9 +41,11 @@ def valetkey_config_schema() -> type[Any]:
 
 
 @hookimpl
-def valetkey_register_connectors(register: RegisterConnector) -> None:
+def valetkey_register_connectors(register: RegisterConnector, kernel: KernelAPI) -> None:
     """Register the built-in connectors and the user's, user files replacing built-ins."""
     from .loader import load
+
+    _config.bind(kernel)
 
     for connector in load().connectors.values():
         register(connector)

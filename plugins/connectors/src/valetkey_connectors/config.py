@@ -62,11 +62,9 @@ def extra_dirs(config: ConnectorsConfig) -> list[Path]:
 
 # --------------------------------------------------------------------------- the kernel's config
 #
-# ``valetkey_register_connectors(register)`` receives no kernel, so the plugin cannot ask for its
-# ``[plugin.connectors]`` table there. The hooks that do receive the kernel (commands, doctor)
-# remember it here; the catalog is then built with that kernel's configuration. The CLI always
-# registers commands before a command reads the catalog, so `valetkey connectors list`, `serve`
-# and `plugins doctor` honour the table. A kernel that never called those hooks gets the defaults.
+# Every hook that receives the kernel (connectors, commands, doctor) remembers it here, and the
+# catalog is built with that kernel's ``[plugin.connectors]`` table; the module-level loader keeps
+# a per-process cache keyed on that configuration.
 
 _kernel: weakref.ref[Any] | None = None
 _warned: set[str] = set()

@@ -55,6 +55,7 @@ KEYS: dict[str, tuple[str, ...]] = {
         "pkce",
         "client_auth",
         "extra_authorize_params",
+        "scope_separator",
     ),
     "injection": ("hosts", "header", "format", "remove_headers", "add_headers", "env_var"),
     "rate": ("requests", "per_seconds"),
@@ -63,7 +64,14 @@ AUTH_TYPES = tuple(t.value for t in AuthType)
 CLIENT_AUTH = ("basic", "post", "none")
 _URL_KEYS = ("authorize_url", "token_url", "device_authorization_url", "revocation_url")
 #: keys of ``[auth]`` that only mean something for OAuth2
-OAUTH2_ONLY = (*_URL_KEYS, "scopes", "pkce", "client_auth", "extra_authorize_params")
+OAUTH2_ONLY = (
+    *_URL_KEYS,
+    "scopes",
+    "pkce",
+    "client_auth",
+    "extra_authorize_params",
+    "scope_separator",
+)
 #: authorization parameters the OAuth flow sets itself
 RESERVED_PARAMS = frozenset(
     {
@@ -339,6 +347,9 @@ def _auth(r: _Reader, data: Mapping[str, Any]) -> AuthSpec | None:
     client_auth = r.string(table, "auth", "client_auth")
     if client_auth is not None and client_auth not in CLIENT_AUTH:
         r.fail("auth.client_auth", f"{client_auth!r} is not one of: {', '.join(CLIENT_AUTH)}")
+    separator = r.string(table, "auth", "scope_separator")
+    if separator is not None and separator not in (" ", ","):
+        r.fail("auth.scope_separator", 'must be " " (the standard) or ","')
     params = r.str_table(table, "auth", "extra_authorize_params")
     for key in params or {}:
         if key in RESERVED_PARAMS:
@@ -356,6 +367,8 @@ def _auth(r: _Reader, data: Mapping[str, Any]) -> AuthSpec | None:
         spec["client_auth"] = client_auth
     if params is not None:
         spec["extra_authorize_params"] = params
+    if separator is not None:
+        spec["scope_separator"] = separator
     return AuthSpec(type=auth_type, **spec)
 
 

@@ -414,7 +414,7 @@ class Exchanger:
     ) -> Secret:
         form = {"grant_type": "client_credentials"}
         if scopes:
-            form["scope"] = " ".join(scopes)
+            form["scope"] = connector.auth.scope_separator.join(scopes)
         return await self.token(connector, client, form, wait=wait, requested=scopes)
 
     async def device_authorization(
@@ -427,7 +427,7 @@ class Exchanger:
     ) -> DeviceAuthorization:
         form: dict[str, str] = {}
         if scopes:
-            form["scope"] = " ".join(scopes)
+            form["scope"] = connector.auth.scope_separator.join(scopes)
         data = await self._post(
             connector,
             client,

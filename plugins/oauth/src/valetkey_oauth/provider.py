@@ -175,7 +175,7 @@ class OAuthProvider:
             "state": state,
         }
         if wanted:
-            params["scope"] = " ".join(wanted)
+            params["scope"] = connector.auth.scope_separator.join(wanted)
         if verifier is not None:
             params["code_challenge"] = pkce.challenge(verifier)
             params["code_challenge_method"] = pkce.CHALLENGE_METHOD
