@@ -19,9 +19,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-from valetkey_broker.broker import Broker
 
 from valetkey.kernel import load
+from valetkey_broker.broker import Broker
 from valetkey_hookspecs import ConnectionStatus, NeedsReauth, RateLimited, Secret, utcnow
 
 pytestmark = pytest.mark.slow

@@ -7,6 +7,7 @@ from __future__ import annotations
 import anyio
 import httpx
 import pytest
+
 from valetkey_broker.api import create_api_token
 from valetkey_broker.openapi import document
 

@@ -7,8 +7,8 @@ import asyncio
 from datetime import timedelta
 
 import pytest
-from valetkey_broker.broker import Broker
 
+from valetkey_broker.broker import Broker
 from valetkey_hookspecs import (
     ConnectionStatus,
     InvalidInput,
@@ -17,6 +17,7 @@ from valetkey_hookspecs import (
     RateLimited,
     Revoked,
     Secret,
+    Unauthorized,
     utcnow,
 )
 from valetkey_hookspecs.audit import verify_chain
@@ -200,3 +201,49 @@ async def test_no_token_is_readable_in_the_database_files(make_kernel, home):
     blob = b"".join(p.read_bytes() for p in home.rglob("*") if p.is_file())
     for value in ("access-0-abcdefgh", "access-1-abcdefgh", "refresh-0-abcdefgh"):
         assert value.encode() not in blob
+
+
+async def test_auto_refresh_retries_exactly_once_after_a_401(make_kernel, plugin):
+    import httpx
+
+    from valetkey_broker.autorefresh import with_auto_refresh
+
+    seen = []
+
+    async def call(secret):
+        seen.append(secret.access_token)
+        if secret.access_token == "access-0-abcdefgh":
+            request = httpx.Request("GET", "https://api.acme.example/me")
+            raise httpx.HTTPStatusError(
+                "401", request=request, response=httpx.Response(401, request=request)
+            )
+        return "ok"
+
+    async def always_refused(secret):
+        seen.append(secret.access_token)
+        raise Unauthorized("invalid_token")
+
+    async with make_kernel() as kernel:
+        broker = Broker(kernel)
+        conn = await oauth_connection(broker, expires_in=3600)
+        assert await with_auto_refresh(broker, "ann", conn.id, call) == "ok"
+        assert seen == ["access-0-abcdefgh", "access-1-abcdefgh"]
+        assert plugin.provider.calls == 1
+        seen.clear()
+        with pytest.raises(Unauthorized):
+            await with_auto_refresh(broker, "ann", conn.id, always_refused)
+        assert len(seen) == 2 and plugin.provider.calls == 2  # one retry, then the answer
+
+
+async def test_auto_refresh_does_not_retry_other_errors(make_kernel, plugin):
+    from valetkey_broker.autorefresh import with_auto_refresh
+
+    async def broken(secret):
+        raise ValueError("server exploded")
+
+    async with make_kernel() as kernel:
+        broker = Broker(kernel)
+        conn = await oauth_connection(broker)
+        with pytest.raises(ValueError, match="server exploded"):
+            await with_auto_refresh(broker, "ann", conn.id, broken)
+        assert plugin.provider.calls == 0

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 import valetkey_connectors
 from valetkey_connectors import schema
 from valetkey_connectors.config import ConnectorsConfig
 from valetkey_connectors.loader import BUILTIN, builtin, load, parse_text
 from valetkey_connectors.render import catalog_markdown, connector_to_dict, rate_text
-
 from valetkey_hookspecs import AuthType, Connector, RateProfile
 from valetkey_hookspecs.testing import ConnectorContract, PluginContract
 from valetkey_hookspecs.testing import connector as kit

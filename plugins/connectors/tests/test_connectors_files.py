@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 import valetkey_connectors
 from valetkey_connectors import config as config_module
 from valetkey_connectors.config import ConnectorsConfig
 from valetkey_connectors.loader import BUILTIN, load, parse_text
 from valetkey_connectors.schema import ConnectorFileError
-
 from valetkey_hookspecs import AuthType, ConfigError
 
 OAUTH_APP = """\

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 
 import pytest
-from valetkey_notify_log.notifier import LogNotifier
 
 from valetkey_hookspecs import ConfigError, Notification
 from valetkey_hookspecs.testing import NotifierContract, PluginContract
+from valetkey_notify_log.notifier import LogNotifier
 
 
 class TestLogNotifier(NotifierContract):

@@ -10,11 +10,11 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from valetkey_notify_webhook.notifier import DeliveryError, WebhookNotifier, parse_retry_after
-from valetkey_notify_webhook.signing import verify_signature
 
 from valetkey_hookspecs import Notification, PluginError
 from valetkey_hookspecs.testing import NotifierContract
+from valetkey_notify_webhook.notifier import DeliveryError, WebhookNotifier, parse_retry_after
+from valetkey_notify_webhook.signing import verify_signature
 
 SECRET = "whsec-test-0123456789abcdef-DO-NOT-LOG"
 

@@ -7,15 +7,15 @@ import logging
 import textwrap
 
 import pytest
-import valetkey_notify_webhook as plugin
-from valetkey_notify_webhook import Config
-from valetkey_notify_webhook.notifier import WebhookNotifier
-from valetkey_notify_webhook.signing import verify_signature
 
+import valetkey_notify_webhook as plugin
 from valetkey.config import validate
 from valetkey.kernel import load
 from valetkey_hookspecs import ConfigError, Notification, PluginContext
 from valetkey_hookspecs.testing import PluginContract
+from valetkey_notify_webhook import Config
+from valetkey_notify_webhook.notifier import WebhookNotifier
+from valetkey_notify_webhook.signing import verify_signature
 
 SECRET = "whsec-config-test-secret-0123456789"
 NAME = "notify-webhook"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 
 import pytest
+
+from valetkey_hookspecs import Notification
 from valetkey_notify_webhook import verify_signature as exported
 from valetkey_notify_webhook.notifier import WebhookNotifier
 from valetkey_notify_webhook.signing import sign, verify_signature
-
-from valetkey_hookspecs import Notification
 
 SECRET = "whsec-signing-test-secret-0123456789"
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import httpx
 import pytest
+
+from valetkey_hookspecs import AuthSpec, AuthType, Connector, RateProfile
 from valetkey_oauth import ratelimit
 from valetkey_oauth.config import ClientConfig, OAuthConfig
 from valetkey_oauth.provider import OAuthProvider
-
-from valetkey_hookspecs import AuthSpec, AuthType, Connector, RateProfile
 
 
 def _load_shared(name: str, relative: str) -> ModuleType:

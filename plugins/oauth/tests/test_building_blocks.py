@@ -10,12 +10,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from valetkey_oauth import pkce, ratelimit
-from valetkey_oauth.config import ClientConfig, OAuthConfig, env_prefix, resolve_client
-from valetkey_oauth.exchanger import ProviderError, parse_token_response
-from valetkey_oauth.loopback import LoginTimeout, LoopbackReceiver
-from valetkey_oauth.provider import OAuthProvider, browser_plausible
-from valetkey_oauth.ratelimit import TokenBucket
 
 from valetkey_hookspecs import (
     AuthSpec,
@@ -27,6 +21,12 @@ from valetkey_hookspecs import (
     Secret,
     Unauthorized,
 )
+from valetkey_oauth import pkce, ratelimit
+from valetkey_oauth.config import ClientConfig, OAuthConfig, env_prefix, resolve_client
+from valetkey_oauth.exchanger import ProviderError, parse_token_response
+from valetkey_oauth.loopback import LoginTimeout, LoopbackReceiver
+from valetkey_oauth.provider import OAuthProvider, browser_plausible
+from valetkey_oauth.ratelimit import TokenBucket
 
 pytestmark = pytest.mark.anyio
 

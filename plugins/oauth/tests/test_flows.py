@@ -14,9 +14,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from valetkey_oauth.config import ClientConfig
-from valetkey_oauth.exchanger import OAuthError
-from valetkey_oauth.provider import OAuthProvider
 
 from valetkey_hookspecs import (
     AcquireRequest,
@@ -31,6 +28,9 @@ from valetkey_hookspecs import (
     Unauthorized,
     utcnow,
 )
+from valetkey_oauth.config import ClientConfig
+from valetkey_oauth.exchanger import OAuthError
+from valetkey_oauth.provider import OAuthProvider
 
 pytestmark = pytest.mark.anyio
 

@@ -8,10 +8,10 @@ import sys
 import textwrap
 
 import pytest
-from valetkey_oauth.config import ClientConfig, OAuthConfig
-from valetkey_oauth.provider import OAuthProvider
 
 from valetkey_hookspecs.testing import PluginContract
+from valetkey_oauth.config import ClientConfig, OAuthConfig
+from valetkey_oauth.provider import OAuthProvider
 
 
 class TestPlugin(PluginContract):

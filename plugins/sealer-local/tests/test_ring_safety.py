@@ -28,11 +28,11 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from valetkey_sealer_local.sealer import ENV_KEK, LocalSealer, kek_id
 
 from valetkey_hookspecs import ConfigError, Sealed, SealError
 from valetkey_hookspecs.files import atomic_write
 from valetkey_hookspecs.testing import SealerContract
+from valetkey_sealer_local.sealer import ENV_KEK, LocalSealer, kek_id
 
 KEK = os.urandom(32)
 KEK_B64 = base64.b64encode(KEK).decode()

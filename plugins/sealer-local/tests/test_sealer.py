@@ -13,13 +13,13 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-import valetkey_sealer_local as plugin
-from valetkey_sealer_local.config import LocalSealerConfig
-from valetkey_sealer_local.sealer import ENV_KEK, LocalSealer, kek_id
 
+import valetkey_sealer_local as plugin
 from valetkey_hookspecs import ConfigError, PluginContext, Sealer, SealError
 from valetkey_hookspecs.files import private_dir
 from valetkey_hookspecs.testing import PluginContract, SealerContract
+from valetkey_sealer_local.config import LocalSealerConfig
+from valetkey_sealer_local.sealer import ENV_KEK, LocalSealer, kek_id
 
 KEK = os.urandom(32)
 KEK_B64 = base64.b64encode(KEK).decode()

@@ -8,12 +8,12 @@ import stat
 from pathlib import Path
 
 import pytest
-from valetkey_secrets_keyring.config import KeyringConfig
-from valetkey_secrets_keyring.filestore import EncryptedFileStore, entry_name
-from valetkey_secrets_keyring.store import KeyringSecretStore, find_keyring, open_secret_store
 
 from valetkey_hookspecs import ConfigError, SealError, SecretStore
 from valetkey_hookspecs.testing import SecretStoreContract
+from valetkey_secrets_keyring.config import KeyringConfig
+from valetkey_secrets_keyring.filestore import EncryptedFileStore, entry_name
+from valetkey_secrets_keyring.store import KeyringSecretStore, find_keyring, open_secret_store
 
 
 def _mode(path: Path) -> int:

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 import valetkey_secrets_keyring
+from valetkey_hookspecs import ConfigError, PluginContext
 from valetkey_secrets_keyring.filestore import EncryptedFileStore
 from valetkey_secrets_keyring.store import KeyringSecretStore
-
-from valetkey_hookspecs import ConfigError, PluginContext
 
 valetkey_sealer_local = pytest.importorskip("valetkey_sealer_local")
 

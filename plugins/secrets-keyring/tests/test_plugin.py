@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import valetkey_secrets_keyring as plugin
-from valetkey_secrets_keyring.config import KeyringConfig
-from valetkey_secrets_keyring.filestore import EncryptedFileStore
 
+import valetkey_secrets_keyring as plugin
 from valetkey_hookspecs import ConfigError, PluginContext, SecretStore
 from valetkey_hookspecs.testing import PluginContract
+from valetkey_secrets_keyring.config import KeyringConfig
+from valetkey_secrets_keyring.filestore import EncryptedFileStore
 
 
 class TestPlugin(PluginContract):

@@ -6,12 +6,12 @@ import logging
 import uuid
 
 import pytest
-from valetkey_secrets_keyring.config import KeyringConfig
-from valetkey_secrets_keyring.filestore import EncryptedFileStore
-from valetkey_secrets_keyring.store import KeyringSecretStore, open_secret_store
 
 from valetkey_hookspecs import ConfigError
 from valetkey_hookspecs.testing import SecretStoreContract
+from valetkey_secrets_keyring.config import KeyringConfig
+from valetkey_secrets_keyring.filestore import EncryptedFileStore
+from valetkey_secrets_keyring.store import KeyringSecretStore, open_secret_store
 
 pytestmark = pytest.mark.keyring
 
