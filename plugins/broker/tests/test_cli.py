@@ -134,3 +134,19 @@ def test_api_tokens_are_shown_once_and_stored_hashed(cli, tmp_path):
     assert made["token"].encode() not in blob
     assert cli("tokens", "revoke", made["id"]).returncode == 0
     assert json.loads(cli("tokens", "list", "--json").stdout) == []
+
+
+def test_audit_verify_names_the_first_tampered_event(cli, tmp_path):
+    import sqlite3
+
+    cid = add_key(cli)
+    cli("token", cid)
+    db = sqlite3.connect(tmp_path / "home" / "valetkey.db")
+    with db:  # someone rewrites history: the vend was by another actor
+        db.execute("UPDATE audit SET actor = 'mallory' WHERE seq = 3")
+    db.close()
+    proc = cli("audit", "--verify", "--json")
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout) == {"ok": False, "events": 3, "first_bad_seq": 3}
+    plain = cli("audit", "--verify")
+    assert plain.stderr == "valetkey: error: audit chain broken at event 3\n"
