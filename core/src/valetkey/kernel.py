@@ -11,7 +11,6 @@ store (applying migrations) and closes what was opened.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -114,7 +113,7 @@ class Kernel:
         self._instances: dict[tuple[str, str], Any] = {}
         self._opened: Store | None = None
         self._selected: dict[str, Driver] = {}
-        self._pending: set[asyncio.Task[None]] = set()
+        self._pending: set[Any] = set()  # asyncio tasks (asyncio is imported when first used)
 
     # ------------------------------------------------------------------ plugins and policy
 
@@ -331,6 +330,8 @@ class Kernel:
         """Start delivering to every notifier and return at once: a slow or retrying notifier
         (a webhook backing off) never holds up the caller. Deliveries finish in the background;
         ``drain_notifications()`` (and closing the kernel) waits for them."""
+        import asyncio
+
         task = asyncio.get_running_loop().create_task(self._deliver(notification))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
@@ -339,6 +340,8 @@ class Kernel:
         """Wait for deliveries in flight; give up (and log) after ``timeout`` seconds."""
         if not self._pending:
             return
+        import asyncio
+
         pending = set(self._pending)
         _done, late = await asyncio.wait(pending, timeout=timeout)
         for task in late:
