@@ -45,7 +45,10 @@ def serve(*, host: str = "127.0.0.1", port: int = 8760, allow_host: list[str] | 
 
     anyio.run(preflight)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) on accepted connections only
+    # when the listening socket says TCP; without it every keep-alive response waits ~40 ms for
+    # the client's delayed ACK (bench/broker_vend.py found it).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
