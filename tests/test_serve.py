@@ -134,4 +134,3 @@ def test_a_bad_port_is_refused(run_cli):
     proc = run_cli("serve", "--port", "70000")
     assert proc.returncode == 2
     assert proc.stderr.strip() == "valetkey: error: --port 70000 is not a TCP port (0-65535)"
-
