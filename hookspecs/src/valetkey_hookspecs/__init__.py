@@ -53,6 +53,7 @@ from .markers import PROJECT, hookimpl
 from .registry import ConnectorCatalog
 from .types import (
     ApiToken,
+    AuditEntry,
     AuditEvent,
     AuthSpec,
     AuthType,
@@ -88,6 +89,7 @@ __all__ = [
     "AcquireRequest",
     "ApiToken",
     "ApiTokenRepo",
+    "AuditEntry",
     "AuditEvent",
     "AuditLog",
     "AuthSpec",

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from .types import (
     ApiToken,
+    AuditEntry,
     AuditEvent,
     AuthType,
     Box,
@@ -183,6 +184,11 @@ class AuditLog(Protocol):
         """Append atomically after the current head, computing ``prev_hash`` and ``hash`` with
         :func:`valetkey_hookspecs.audit.audit_hash` over the values as they will read back
         (``at`` in UTC, ``detail`` as it round-trips through JSON)."""
+        ...
+
+    async def append_many(self, entries: Sequence[AuditEntry]) -> list[AuditEvent]:
+        """Append several events in ONE transaction, chained in order (group commit: many
+        concurrent vends pay for one write)."""
         ...
 
     async def list(

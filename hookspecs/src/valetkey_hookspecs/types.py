@@ -233,6 +233,18 @@ class AuditEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """An audit event to append (``AuditLog.append_many``); the store assigns seq and hashes."""
+
+    action: str
+    actor: str
+    owner: str | None = None
+    connection_id: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ApiToken:
     """A bearer token for the REST API, bound to one owner; only its SHA-256 is stored."""
 
@@ -439,6 +451,7 @@ class Notification:
 
 __all__ = [
     "ApiToken",
+    "AuditEntry",
     "AuditEvent",
     "AuthSpec",
     "AuthType",

@@ -155,3 +155,32 @@ def test_openapi_document_lists_every_route(api):
         "/connections/{id}/oauth/start",
         "/oauth/callback",
     }
+
+
+def test_a_revoked_api_token_stops_working_within_the_cache_time(serve, make_kernel, monkeypatch):
+    import time
+
+    from valetkey_broker import api as api_module
+
+    monkeypatch.setattr(api_module, "TOKEN_CACHE_SECONDS", 0.2)
+    url, _kernel = serve()
+    admin = make_kernel()
+
+    async def make_and_revoke(revoke_id=None):
+        async with admin:
+            if revoke_id is not None:
+                await admin.store.api_tokens.delete(revoke_id)
+                return None
+            return await create_api_token(admin, "ann")
+
+    record, token = anyio.run(make_and_revoke)
+    client = httpx.Client(base_url=f"{url}/api", headers={"Authorization": f"Bearer {token}"})
+    assert client.get("/connections").status_code == 200
+    anyio.run(make_and_revoke, record.id)
+    time.sleep(0.3)
+    assert error_of(client.get("/connections")) == (
+        401,
+        "unauthorized",
+        "unknown or revoked API token",
+    )
+    client.close()

@@ -247,3 +247,23 @@ async def test_auto_refresh_does_not_retry_other_errors(make_kernel, plugin):
         with pytest.raises(ValueError, match="server exploded"):
             await with_auto_refresh(broker, "ann", conn.id, broken)
         assert plugin.provider.calls == 0
+
+
+async def test_concurrent_vends_are_each_audited_in_fewer_transactions(make_kernel):
+    async with make_kernel() as kernel:
+        broker = Broker(kernel)
+        conn = await oauth_connection(broker)
+        writes = []
+        original = kernel.store.audit.append_many
+
+        async def counting(entries):
+            writes.append(len(entries))
+            return await original(entries)
+
+        kernel.store.audit.append_many = counting
+        await asyncio.gather(*(broker.vend("ann", conn.id) for _ in range(50)))
+        assert sum(writes) == 50
+        assert len(writes) < 50  # group commit: queued vends share a transaction
+        events = await kernel.store.audit.list()
+        assert [e.action for e in events].count("vend") == 50
+        assert verify_chain(events) is None

@@ -600,6 +600,33 @@ class StoreContract:
 
     # ------------------------------------------------------------------ audit
 
+    async def test_audit_append_many_chains_in_order_in_one_go(self, store: Store) -> None:
+        from ..types import AuditEntry
+
+        await store.audit.append("first", actor="a", at=T0)
+        events = await store.audit.append_many(
+            [AuditEntry("vend", "api", "alice", "c1", {"n": i}, T0) for i in range(5)]
+        )
+        assert [e.seq for e in events] == [2, 3, 4, 5, 6]
+        assert [e.detail["n"] for e in events] == [0, 1, 2, 3, 4]
+        listed = await store.audit.list()
+        assert listed[1:] == events
+        assert verify_chain(listed) is None
+        assert await store.audit.append_many([]) == []
+
+    async def test_concurrent_append_many_never_forks_the_chain(self, store: Store) -> None:
+        from ..types import AuditEntry
+
+        async def batch(tag: str) -> None:
+            await store.audit.append_many([AuditEntry(tag, "x") for _ in range(10)])
+
+        async with anyio.create_task_group() as group:
+            for tag in ("a", "b", "c", "d"):
+                group.start_soon(batch, tag)
+        listed = await store.audit.list()
+        assert [e.seq for e in listed] == list(range(1, 41))
+        assert verify_chain(listed) is None
+
     async def test_audit_append_chains_from_genesis(self, store: Store) -> None:
         first = await store.audit.append("vend", actor="alice", at=T0)
         second = await store.audit.append("refresh", actor="scheduler", at=T0)

@@ -9,6 +9,7 @@ OpenAPI document is at ``/api/openapi.json``.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any
@@ -31,6 +32,7 @@ from .ids import hash_token
 from .reconnect import OAUTH_STATE, flows, start_authorization
 
 MAX_BODY = 64 * 1024
+TOKEN_CACHE_SECONDS = 5.0
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -62,17 +64,36 @@ def build_api(kernel: KernelAPI) -> Any:
         headers = {"WWW-Authenticate": 'Bearer realm="valetkey"'} if status == 401 else None
         return JSONResponse({"error": {"code": code, "message": message}}, status, headers)
 
+    # token hash -> (owner, token id, valid until): a known token skips the store for
+    # TOKEN_CACHE_SECONDS (so a revocation takes effect within that time); last use is recorded
+    # at most once a minute per token. Unknown tokens are never cached.
+    known: dict[str, tuple[str, str, float]] = {}
+    touched: dict[str, float] = {}
+
     async def owner_of(request: Request) -> str:
         header = request.headers.get("authorization", "")
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
             raise Unauthorized("missing bearer token: send 'Authorization: Bearer <API token>'")
-        try:
-            token = await kernel.store.api_tokens.find(hash_token(value.strip()))
-        except NotFound:
-            raise Unauthorized("unknown or revoked API token") from None
-        await kernel.store.api_tokens.touch(token.id, utcnow())
-        return token.owner
+        digest = hash_token(value.strip())
+        now = time.monotonic()
+        cached = known.get(digest)
+        if cached is not None and cached[2] > now:
+            owner, token_id = cached[0], cached[1]
+        else:
+            try:
+                token = await kernel.store.api_tokens.find(digest)
+            except NotFound:
+                known.pop(digest, None)
+                raise Unauthorized("unknown or revoked API token") from None
+            owner, token_id = token.owner, token.id
+            if len(known) > 10_000:
+                known.clear()
+            known[digest] = (owner, token_id, now + TOKEN_CACHE_SECONDS)
+        if touched.get(token_id, 0.0) < now - 60:
+            touched[token_id] = now
+            await kernel.store.api_tokens.touch(token_id, utcnow())
+        return owner
 
     async def body(request: Request, allowed: set[str]) -> dict[str, Any]:
         raw = await request.body()

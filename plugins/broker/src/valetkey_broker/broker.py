@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from valetkey_hookspecs import (
+    AuditEntry,
     AuthType,
     Connection,
     ConnectionStatus,
@@ -41,6 +42,7 @@ from valetkey_hookspecs import (
 )
 from valetkey_hookspecs.redaction import register_secret
 
+from .auditbatch import AuditBatcher
 from .config import BrokerConfig
 from .ids import check_owner, credential_id, new_id, process_id
 
@@ -88,6 +90,7 @@ class Broker:
         self._clock = clock
         self._holder = process_id()
         self._inflight: dict[str, asyncio.Future[Secret]] = {}
+        self._audit = AuditBatcher(lambda: self._kernel.store)
         self._cooldown: dict[str, float] = {}
 
     @property
@@ -197,7 +200,7 @@ class Broker:
             await self._needs_reauth(
                 conn, "the access token expired and there is no refresh token", actor
             )
-        await self.store.audit.append("vend", actor=actor, owner=owner, connection_id=conn.id)
+        await self._audit.append(AuditEntry("vend", actor, owner, conn.id))
         return secret
 
     async def refresh(self, owner: str, connection_id: str, *, actor: str = "cli") -> Secret:

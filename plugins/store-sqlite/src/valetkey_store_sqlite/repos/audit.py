@@ -11,13 +11,13 @@ from __future__ import annotations
 import builtins
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from valetkey_hookspecs.audit import GENESIS, audit_hash
 from valetkey_hookspecs.errors import InvalidInput
-from valetkey_hookspecs.types import AuditEvent, utcnow
+from valetkey_hookspecs.types import AuditEntry, AuditEvent, utcnow
 
 from ..codec import from_json, from_us, to_us
 from ..db import Database
@@ -66,39 +66,68 @@ class SqliteAuditLog:
         at: datetime | None = None,
     ) -> AuditEvent:
         """Append atomically after the current head, computing ``prev_hash`` and ``hash``."""
-        when_us = to_us(at if at is not None else utcnow(), "audit at")
-        when = from_us(when_us)  # UTC, microseconds: exactly what a later read returns
-        detail_text = _detail_json(detail)
-        clean_detail = from_json(detail_text)
+        entry = AuditEntry(action, actor, owner, connection_id, dict(detail or {}), at)
+        (event,) = await self.append_many([entry])
+        return event
 
-        def write(raw: sqlite3.Connection) -> AuditEvent:
+    async def append_many(self, entries: Sequence[AuditEntry]) -> builtins.list[AuditEvent]:
+        """Append ``entries`` in one ``BEGIN IMMEDIATE`` transaction, chained in order."""
+        if not entries:
+            return []
+        prepared = []
+        for entry in entries:
+            when_us = to_us(entry.at if entry.at is not None else utcnow(), "audit at")
+            detail_text = _detail_json(entry.detail)
+            # UTC, microseconds, JSON round trip: exactly what a later read returns
+            prepared.append((entry, when_us, from_us(when_us), detail_text, from_json(detail_text)))
+
+        def write(raw: sqlite3.Connection) -> builtins.list[AuditEvent]:
             head = raw.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, prev = (head[0] + 1, head[1]) if head is not None else (1, GENESIS)
-            digest = audit_hash(
-                prev,
-                seq=seq,
-                at=when,
-                action=action,
-                actor=actor,
-                owner=owner,
-                connection_id=connection_id,
-                detail=clean_detail,
+            seq, prev = (head[0], head[1]) if head is not None else (0, GENESIS)
+            events, rows = [], []
+            for entry, when_us, when, detail_text, clean_detail in prepared:
+                seq += 1
+                digest = audit_hash(
+                    prev,
+                    seq=seq,
+                    at=when,
+                    action=entry.action,
+                    actor=entry.actor,
+                    owner=entry.owner,
+                    connection_id=entry.connection_id,
+                    detail=clean_detail,
+                )
+                rows.append(
+                    (
+                        seq,
+                        when_us,
+                        entry.action,
+                        entry.actor,
+                        entry.owner,
+                        entry.connection_id,
+                        detail_text,
+                        prev,
+                        digest,
+                    )
+                )
+                events.append(
+                    AuditEvent(
+                        seq=seq,
+                        at=when,
+                        action=entry.action,
+                        actor=entry.actor,
+                        owner=entry.owner,
+                        connection_id=entry.connection_id,
+                        detail=clean_detail,
+                        prev_hash=prev,
+                        hash=digest,
+                    )
+                )
+                prev = digest
+            raw.executemany(
+                f"INSERT INTO audit ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
             )
-            raw.execute(
-                f"INSERT INTO audit ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (seq, when_us, action, actor, owner, connection_id, detail_text, prev, digest),
-            )
-            return AuditEvent(
-                seq=seq,
-                at=when,
-                action=action,
-                actor=actor,
-                owner=owner,
-                connection_id=connection_id,
-                detail=clean_detail,
-                prev_hash=prev,
-                hash=digest,
-            )
+            return events
 
         return await self._db.transaction(write)
 

@@ -101,10 +101,10 @@ class SqliteCredentials:
     async def get_with_connection(
         self, connection_id: str, owner: str | None = None
     ) -> tuple[Connection, Credential | None]:
-        """The connection and its credential in one SELECT (the vend hot path); ``NotFound`` if
-        the connection is missing or foreign."""
+        """The connection and its credential in one SELECT (the vend hot path, read in place
+        without a thread hop); ``NotFound`` if the connection is missing or foreign."""
         scope, params = ("AND c.owner = ?", (owner,)) if owner is not None else ("", ())
-        row = await self._db.fetchone(
+        row = await self._db.read_now(
             f"SELECT {_JOINED} FROM connections c "
             "LEFT JOIN credentials cr ON cr.connection_id = c.id "
             f"WHERE c.id = ? {scope}",
