@@ -34,6 +34,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "VALETKEY_HOME": f"{tmp}/home", "XDG_CACHE_HOME": f"{tmp}/cache"}
+        # as on a user's machine, Python may cache the bytecode of valetkey's own (editable)
+        # sources; the installed dependencies are byte-compiled by uv (compile-bytecode = true)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         times: dict[str, list[float]] = {name: [] for name in CASES}
         for cmd in CASES.values():  # warm the file cache and stevedore's entry-point cache
             subprocess.run(cmd, env=env, capture_output=True, check=True)

@@ -267,3 +267,17 @@ async def test_concurrent_vends_are_each_audited_in_fewer_transactions(make_kern
         events = await kernel.store.audit.list()
         assert [e.action for e in events].count("vend") == 50
         assert verify_chain(events) is None
+
+
+async def test_the_scheduler_runs_full_passes_back_to_back(make_kernel, plugin):
+    from valetkey_broker.config import BrokerConfig
+    from valetkey_broker.scheduler import run_passes
+
+    plugin.provider.delay = 0
+    async with make_kernel() as kernel:
+        broker = Broker(kernel, BrokerConfig(batch_size=3))
+        for _ in range(7):
+            await oauth_connection(broker, expires_in=20)
+        assert await run_passes(broker, budget=30) == 7  # 3 + 3 + 1: until nothing is due
+        assert plugin.provider.calls == 7
+        assert (await broker.refresh_due()).refreshed == []

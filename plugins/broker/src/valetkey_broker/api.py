@@ -33,6 +33,7 @@ from .reconnect import OAUTH_STATE, flows, start_authorization
 
 MAX_BODY = 64 * 1024
 TOKEN_CACHE_SECONDS = 5.0
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -52,10 +53,9 @@ def connection_json(conn: Connection) -> dict[str, Any]:
 
 def build_api(kernel: KernelAPI) -> Any:
     """The Starlette app for ``/api`` (imported lazily: only ``valetkey serve`` needs it)."""
-    from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, RedirectResponse, Response
-    from starlette.routing import Route
+    from starlette.routing import Route, Router
 
     config = kernel.plugin_config("broker")
     broker = Broker(kernel, config, background=True)
@@ -278,28 +278,41 @@ def build_api(kernel: KernelAPI) -> Any:
 
         return JSONResponse(document())
 
-    def route(path: str, fn: Handler, methods: list[str], auth: bool = True) -> Route:
-        return Route(path, endpoint(fn, auth=auth), methods=methods)
+    def path(template: str, handlers: dict[str, Handler], auth: bool = True) -> Route:
+        """One route per path; the method is dispatched here so a wrong one gets the JSON
+        error shape (and the API needs no Starlette app — and middleware stack — of its own)."""
+        wrapped = {method: endpoint(fn, auth=auth) for method, fn in handlers.items()}
+        allowed = ", ".join(sorted(wrapped))
 
-    async def not_found(request: Request, exc: Exception) -> JSONResponse:
-        return error(404, "not_found", f"no such endpoint: {request.method} {request.url.path}")
+        async def dispatch(request: Request) -> Response:
+            handler = wrapped.get(request.method)
+            if handler is None:
+                refusal = error(405, "method_not_allowed", f"{request.method} is not allowed here")
+                refusal.headers["Allow"] = allowed
+                return refusal
+            response: Response = await handler(request)
+            return response
 
-    async def not_allowed(request: Request, exc: Exception) -> JSONResponse:
-        return error(405, "method_not_allowed", f"{request.method} is not allowed here")
+        return Route(template, dispatch, methods=ALL_METHODS)
 
-    return Starlette(
+    async def not_found(scope: Any, receive: Any, send: Any) -> None:
+        where = f"{scope.get('method', '')} {scope.get('root_path', '')}{scope.get('path', '')}"
+        await error(404, "not_found", f"no such endpoint: {where}")(scope, receive, send)
+
+    return Router(
         routes=[
-            Route("/openapi.json", openapi, methods=["GET"]),
-            route("/connectors", list_connectors, ["GET"]),
-            route("/connections", create_connection, ["POST"]),
-            route("/connections", list_connections, ["GET"]),
-            route("/connections/{id}", connection, ["GET", "PATCH", "DELETE"]),
-            route("/connections/{id}/credentials", put_credentials, ["POST"]),
-            route("/connections/{id}/token", vend, ["POST"]),
-            route("/connections/{id}/oauth/start", oauth_start, ["POST"]),
-            route("/oauth/callback", oauth_callback, ["GET"], auth=False),
+            path("/openapi.json", {"GET": openapi}, auth=False),
+            path("/connectors", {"GET": list_connectors}),
+            path("/connections", {"GET": list_connections, "POST": create_connection}),
+            path(
+                "/connections/{id}", {"GET": connection, "PATCH": connection, "DELETE": connection}
+            ),
+            path("/connections/{id}/credentials", {"POST": put_credentials}),
+            path("/connections/{id}/token", {"POST": vend}),
+            path("/connections/{id}/oauth/start", {"POST": oauth_start}),
+            path("/oauth/callback", {"GET": oauth_callback}, auth=False),
         ],
-        exception_handlers={404: not_found, 405: not_allowed},
+        default=not_found,
     )
 
 

@@ -20,7 +20,20 @@ async def refresh_ahead(kernel: KernelAPI) -> None:
     """Run until cancelled."""
     broker = Broker(kernel, kernel.plugin_config("broker"), background=True)
     while True:
+        started = anyio.current_time()
+        await run_passes(broker, budget=broker.config.schedule_every * 0.8)
+        elapsed = anyio.current_time() - started
+        await anyio.sleep(max(1.0, broker.config.schedule_every - elapsed))
+
+
+async def run_passes(broker: Broker, budget: float) -> int:
+    """Passes of ``batch_size`` back to back while the last one was full and time is left, so a
+    large store is kept warm (one pass a period would cap refreshes at batch_size a period)."""
+    deadline = anyio.current_time() + budget
+    total = 0
+    while True:
         report = await broker.refresh_due()
+        total += len(report.refreshed)
         if any(report.as_dict().values()):
             log.info(
                 "refresh-ahead: %d refreshed, %d rate-limited, %d need re-auth, %d failed",
@@ -29,4 +42,5 @@ async def refresh_ahead(kernel: KernelAPI) -> None:
                 len(report.needs_reauth),
                 len(report.failed),
             )
-        await anyio.sleep(broker.config.schedule_every)
+        if len(report.refreshed) < broker.config.batch_size or anyio.current_time() > deadline:
+            return total
