@@ -419,34 +419,6 @@ class Server:
                 self.proc.wait()
 
 
-def serve_nodelay() -> None:
-    """``--serve-nodelay`` (internal): what ``valetkey serve`` runs — the same kernel, the same
-    ``build_app``, uvicorn with the same settings — on a listening socket created with
-    ``IPPROTO_TCP``, so asyncio sets TCP_NODELAY on every accepted connection. ``valetkey serve``
-    creates its socket with protocol 0, which asyncio's ``_set_nodelay`` skips."""
-    import socket
-
-    import uvicorn
-
-    from valetkey.kernel import load
-    from valetkey.serve.app import build_app
-
-    kernel = load()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-
-    def ready() -> None:
-        sys.stderr.write(f"serving on http://127.0.0.1:{port}\n")
-        sys.stderr.flush()
-
-    app = build_app(kernel, on_ready=ready)
-    config = uvicorn.Config(
-        app, log_level="warning", lifespan="on", access_log=False, log_config=None
-    )
-    uvicorn.Server(config).run(sockets=[sock])
-
-
 def measure_http(
     server: Server, cid: str, token: str, seconds: float, conc: int
 ) -> tuple[str, Load, Load]:
@@ -478,7 +450,6 @@ def bench_http(tmp: Path, seconds: float, conc: int) -> None:
     token = json.loads(made.stdout)["token"]
     servers = {
         "valetkey serve": [sys.executable, "-m", "valetkey", "serve", "--port", "0"],
-        "same app, TCP_NODELAY socket": [sys.executable, __file__, "--serve-nodelay"],
     }
     results: dict[str, tuple[str, Load, Load]] = {}
     cid = ""
@@ -539,11 +510,7 @@ def main() -> None:
     parser.add_argument("--http-connections", type=int, default=20)
     parser.add_argument("--scale", type=int, default=100_000, help="0: skip the scale part")
     parser.add_argument("--scale-small", type=int, default=100)
-    parser.add_argument("--serve-nodelay", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve_nodelay:
-        serve_nodelay()
-        return
     tmp = Path(tempfile.mkdtemp(prefix="valetkey-bench-"))
     try:
         os.environ.update(bench_env(tmp))
