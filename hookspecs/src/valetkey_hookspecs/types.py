@@ -183,7 +183,17 @@ class Secret:
 
     def values(self) -> tuple[str, ...]:
         """Every secret value set (for redaction and for "not in this file" checks)."""
-        return tuple(v for name in _SECRET_FIELDS if (v := getattr(self, name)))
+        return tuple(
+            v
+            for v in (
+                self.access_token,
+                self.refresh_token,
+                self.api_key,
+                self.api_secret,
+                self.id_token,
+            )
+            if v
+        )
 
     def with_changes(self, **changes: Any) -> Secret:
         """A copy with some fields replaced."""

@@ -365,3 +365,42 @@ class TestPlugin(PluginContract):
     @pytest.fixture
     def plugin_name(self):
         return "store-sqlite"
+
+
+@pytest.mark.anyio
+async def test_an_in_place_append_that_finds_the_lock_taken_waits_on_the_worker(
+    store: SqliteStore, db_path: Path
+) -> None:
+    """The audit append runs on the event loop's thread only when the write lock is free; held
+    by another process, it goes through the worker, which waits (busy timeout) and succeeds."""
+    import threading
+
+    other = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    threading.Timer(0.2, lambda: other.execute("COMMIT")).start()
+    event = await store.audit.append("vend", actor="api", owner="ann", connection_id="c1")
+    other.close()
+    assert event.seq == 1
+    assert verify_chain(await store.audit.list()) is None
+
+
+@pytest.mark.anyio
+async def test_in_place_commits_are_checkpointed_by_the_worker(
+    store: SqliteStore, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from valetkey_store_sqlite import db as db_module
+
+    monkeypatch.setattr(db_module, "CHECKPOINT_EVERY", 5)
+    database = store._db
+    runs = []
+    real = database.checkpoint_passive
+
+    async def counted() -> None:
+        runs.append(1)
+        await real()
+
+    monkeypatch.setattr(database, "checkpoint_passive", counted)
+    for _ in range(12):
+        await store.audit.append("vend", actor="api")
+    assert len(runs) == 2  # after the 5th and the 10th in-place commit
+    assert len(await store.audit.list()) == 12

@@ -91,6 +91,7 @@ class Broker:
         self._holder = process_id()
         self._inflight: dict[str, asyncio.Future[Secret]] = {}
         self._audit = AuditBatcher(lambda: self._kernel.store)
+        self._remembered: set[tuple[str, int]] = set()
         self._cooldown: dict[str, float] = {}
 
     @property
@@ -258,7 +259,12 @@ class Broker:
 
     def _open(self, cred: Credential) -> Secret:
         secret = Secret.from_bytes(self._kernel.sealer.open(cred.sealed, cred.id.encode()))
-        _remember(secret)
+        seen = (cred.id, cred.version)
+        if seen not in self._remembered:  # each version's values once, not on every vend
+            if len(self._remembered) > 100_000:
+                self._remembered.clear()
+            self._remembered.add(seen)
+            _remember(secret)
         return secret
 
     def _due(self, cred: Credential, secret: Secret) -> bool:

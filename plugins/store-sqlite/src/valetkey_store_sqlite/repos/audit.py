@@ -77,9 +77,13 @@ class SqliteAuditLog:
         prepared = []
         for entry in entries:
             when_us = to_us(entry.at if entry.at is not None else utcnow(), "audit at")
-            detail_text = _detail_json(entry.detail)
+            if entry.detail:
+                detail_text = _detail_json(entry.detail)
+                clean: Mapping[str, Any] = from_json(detail_text)
+            else:  # the vend path: nothing to normalise
+                detail_text, clean = "{}", {}
             # UTC, microseconds, JSON round trip: exactly what a later read returns
-            prepared.append((entry, when_us, from_us(when_us), detail_text, from_json(detail_text)))
+            prepared.append((entry, when_us, from_us(when_us), detail_text, clean))
 
         def write(raw: sqlite3.Connection) -> builtins.list[AuditEvent]:
             head = raw.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
@@ -129,7 +133,7 @@ class SqliteAuditLog:
             )
             return events
 
-        return await self._db.transaction(write)
+        return await self._db.transaction_now(write)
 
     async def list(
         self,
