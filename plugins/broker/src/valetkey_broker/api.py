@@ -300,7 +300,8 @@ def build_api(kernel: KernelAPI) -> Any:
         await error(404, "not_found", f"no such endpoint: {where}")(scope, receive, send)
 
     return Router(
-        routes=[
+        routes=[  # the vend first: routes are matched in order, and it is the hot one
+            path("/connections/{id}/token", {"POST": vend}),
             path("/openapi.json", {"GET": openapi}, auth=False),
             path("/connectors", {"GET": list_connectors}),
             path("/connections", {"GET": list_connections, "POST": create_connection}),
@@ -308,7 +309,6 @@ def build_api(kernel: KernelAPI) -> Any:
                 "/connections/{id}", {"GET": connection, "PATCH": connection, "DELETE": connection}
             ),
             path("/connections/{id}/credentials", {"POST": put_credentials}),
-            path("/connections/{id}/token", {"POST": vend}),
             path("/connections/{id}/oauth/start", {"POST": oauth_start}),
             path("/oauth/callback", {"GET": oauth_callback}, auth=False),
         ],
