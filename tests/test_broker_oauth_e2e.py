@@ -59,6 +59,24 @@ def idp(oidc, monkeypatch):
     return oidc
 
 
+async def stored_secret(kernel, cid: str) -> Secret:
+    """Open what the vault holds for a connection (tests look; agents never do)."""
+    _conn, cred = await kernel.store.credentials.get_with_connection(cid, "ann")
+    return Secret.from_bytes(kernel.sealer.open(cred.sealed, cred.id.encode()))
+
+
+def revoke_at_provider(server, refresh_token: str, client_id: str) -> None:
+    """The person revokes valetkey's access at the provider."""
+    httpx.post(
+        server.revocation_endpoint,
+        data={
+            "token": refresh_token,
+            "token_type_hint": "refresh_token",
+            "client_id": client_id,
+        },
+    ).raise_for_status()
+
+
 def start_cli(*args):
     return subprocess.Popen(
         [sys.executable, "-m", "valetkey", *args],
@@ -129,8 +147,7 @@ def test_refresh_rotates_and_the_old_refresh_token_is_dead(idp):
         kernel = load()
         async with kernel:
             broker = Broker(kernel)
-            _conn, cred = await kernel.store.credentials.get_with_connection(cid, "ann")
-            before = Secret.from_bytes(kernel.sealer.open(cred.sealed, cred.id.encode()))
+            before = await stored_secret(kernel, cid)
             after = await broker.refresh("ann", cid)
             assert after.refresh_token != before.refresh_token  # rotated
             assert after.access_token != before.access_token
@@ -172,19 +189,11 @@ secret = {{ "$env" = "HOOK_SECRET" }}
     monkeypatch.setenv("VALETKEY_CONFIG", str(config))
     cid = connect_with_browser(idp)
 
-    async def kill_grant():  # the person revokes valetkey's access at the provider
+    async def kill_grant():
         kernel = load()
         async with kernel:
-            _conn, cred = await kernel.store.credentials.get_with_connection(cid, "ann")
-            secret = Secret.from_bytes(kernel.sealer.open(cred.sealed, cred.id.encode()))
-            httpx.post(
-                idp.revocation_endpoint,
-                data={
-                    "token": secret.refresh_token,
-                    "token_type_hint": "refresh_token",
-                    "client_id": idp.native_client_id,
-                },
-            ).raise_for_status()
+            secret = await stored_secret(kernel, cid)
+            revoke_at_provider(idp, secret.refresh_token, idp.native_client_id)
 
     asyncio.run(kill_grant())
     proc = subprocess.run(
@@ -216,8 +225,7 @@ secret = {{ "$env" = "HOOK_SECRET" }}
 
 async def _due_connection(broker, kernel, cid) -> None:
     """Make the stored credential look close to expiry (10 s; the lead is 30 s here)."""
-    _conn, cred = await kernel.store.credentials.get_with_connection(cid, "ann")
-    secret = Secret.from_bytes(kernel.sealer.open(cred.sealed, cred.id.encode()))
+    secret = await stored_secret(kernel, cid)
     await broker.store_secret(
         "ann", cid, secret.with_changes(expires_at=utcnow() + timedelta(seconds=10))
     )
@@ -429,16 +437,8 @@ def test_needs_reauth_webhook_carries_a_link_and_a_device_code_that_completes(se
     async def kill_grant_and_make_due():
         kernel = load()
         async with kernel:
-            _conn, cred = await kernel.store.credentials.get_with_connection(cid, "ann")
-            secret = Secret.from_bytes(kernel.sealer.open(cred.sealed, cred.id.encode()))
-            httpx.post(
-                oidc.revocation_endpoint,
-                data={
-                    "token": secret.refresh_token,
-                    "token_type_hint": "refresh_token",
-                    "client_id": oidc.server_client_id,
-                },
-            ).raise_for_status()
+            secret = await stored_secret(kernel, cid)
+            revoke_at_provider(oidc, secret.refresh_token, oidc.server_client_id)
             await Broker(kernel).store_secret(
                 "ann", cid, secret.with_changes(expires_at=utcnow() + timedelta(seconds=10))
             )

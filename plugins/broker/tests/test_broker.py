@@ -281,3 +281,16 @@ async def test_the_scheduler_runs_full_passes_back_to_back(make_kernel, plugin):
         assert await run_passes(broker, budget=30) == 7  # 3 + 3 + 1: until nothing is due
         assert plugin.provider.calls == 7
         assert (await broker.refresh_due()).refreshed == []
+
+
+async def test_the_api_and_the_scheduler_of_one_server_share_one_broker(make_kernel, plugin):
+    """One in-flight refresh per connection inside a server, whoever asked first."""
+    from valetkey_broker.broker import serving_broker
+
+    async with make_kernel() as kernel, make_kernel() as other:
+        assert serving_broker(kernel) is serving_broker(kernel)
+        assert serving_broker(kernel) is not serving_broker(other)
+        api_side, scheduler_side = serving_broker(kernel), serving_broker(kernel)
+        conn = await oauth_connection(api_side, expires_in=10)
+        await asyncio.gather(api_side.vend("ann", conn.id), scheduler_side.refresh_due())
+        assert plugin.provider.calls == 1

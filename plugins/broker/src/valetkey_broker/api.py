@@ -27,7 +27,7 @@ from valetkey_hookspecs import (
     utcnow,
 )
 
-from .broker import Broker
+from .broker import serving_broker
 from .ids import hash_token
 from .reconnect import OAUTH_STATE, flows, start_authorization
 
@@ -58,7 +58,7 @@ def build_api(kernel: KernelAPI) -> Any:
     from starlette.routing import Route, Router
 
     config = kernel.plugin_config("broker")
-    broker = Broker(kernel, config, background=True)
+    broker = serving_broker(kernel)
 
     def error(status: int, code: str, message: str) -> JSONResponse:
         headers = {"WWW-Authenticate": 'Bearer realm="valetkey"'} if status == 401 else None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -492,3 +493,16 @@ def _kind_for(connector: Connector, secret: Secret) -> CredentialKind:
     if connector.auth.type is AuthType.BASIC:
         return CredentialKind.BASIC
     return CredentialKind.API_KEY
+
+
+_serving: weakref.WeakKeyDictionary[Any, Broker] = weakref.WeakKeyDictionary()
+
+
+def serving_broker(kernel: KernelAPI) -> Broker:
+    """The one broker of a running server, shared by the REST API and the refresh-ahead service,
+    so their vends and refreshes of a connection share one in-flight refresh (the lease row
+    only serialises them across processes)."""
+    broker = _serving.get(kernel)
+    if broker is None:
+        broker = _serving[kernel] = Broker(kernel, kernel.plugin_config("broker"), background=True)
+    return broker

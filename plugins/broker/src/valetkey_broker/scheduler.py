@@ -11,14 +11,14 @@ import anyio
 
 from valetkey_hookspecs import KernelAPI
 
-from .broker import Broker
+from .broker import Broker, serving_broker
 
 log = logging.getLogger("valetkey.broker.scheduler")
 
 
 async def refresh_ahead(kernel: KernelAPI) -> None:
     """Run until cancelled."""
-    broker = Broker(kernel, kernel.plugin_config("broker"), background=True)
+    broker = serving_broker(kernel)
     while True:
         started = anyio.current_time()
         await run_passes(broker, budget=broker.config.schedule_every * 0.8)
