@@ -260,6 +260,32 @@ def test_box_runtimes_and_credential_providers_by_name():
         kernel.credential_provider("x")
 
 
+def test_the_broker_is_built_once_per_kernel_and_transformers_are_found_by_kind():
+    built = []
+
+    class P:
+        @hookimpl
+        def valetkey_register_brokers(self, register):
+            register("house", lambda ctx: built.append(ctx.kernel) or f"broker#{len(built)}")
+
+        @hookimpl
+        def valetkey_register_response_transformers(self, register):
+            register("response-scrub", lambda ctx: "scrubber")
+
+    kernel = kernel_with(P())
+    assert kernel.broker == "broker#1" and kernel.broker == "broker#1"
+    assert built == [kernel]
+    assert kernel.response_transformer("response-scrub") == "scrubber"
+    with pytest.raises(NotFound, match=r"no response transformer 'x' \(known: response-scrub\)"):
+        kernel.response_transformer("x")
+
+
+def test_no_broker_installed_says_what_to_do():
+    kernel = kernel_with()
+    with pytest.raises(ConfigError, match="no broker is available: install or enable a plugin"):
+        _ = kernel.broker
+
+
 def test_doctor_collects_each_plugins_own_problems():
     class Unwell:
         @hookimpl

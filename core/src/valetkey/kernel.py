@@ -26,12 +26,14 @@ from valetkey_hookspecs import (
     ConfigError,
     Connector,
     ConnectorCatalog,
+    CredentialBroker,
     CredentialProvider,
     NotFound,
     Notification,
     Notifier,
     PluginContext,
     PluginError,
+    ResponseTransformer,
     Sealer,
     SecretStore,
     Store,
@@ -54,6 +56,8 @@ DRIVER_HOOKS = {
     "box_runtime": "valetkey_register_box_runtimes",
     "notifier": "valetkey_register_notifiers",
     "credential_provider": "valetkey_register_credential_providers",
+    "broker": "valetkey_register_brokers",
+    "response_transformer": "valetkey_register_response_transformers",
 }
 
 
@@ -312,6 +316,20 @@ class Kernel:
             known = ", ".join(sorted(drivers)) or "none"
             raise NotFound(f"no box runtime named {name!r} (known: {known})")
         return self._instance(drivers[name])  # type: ignore[no-any-return]
+
+    @property
+    def broker(self) -> CredentialBroker:
+        """The selected credential broker, built once per kernel."""
+        broker: CredentialBroker = self._instance(self.selected("broker"))
+        return broker
+
+    def response_transformer(self, kind: str) -> ResponseTransformer:
+        """A response transformer by kind."""
+        drivers = self._drivers["response_transformer"]
+        if kind not in drivers:
+            known = ", ".join(sorted(drivers)) or "none"
+            raise NotFound(f"no response transformer {kind!r} (known: {known})")
+        return self._instance(drivers[kind])  # type: ignore[no-any-return]
 
     def credential_provider(self, name: str) -> CredentialProvider:
         """A credential provider by name."""

@@ -6,7 +6,8 @@ Read from plugins.toml and the environment:
   ``enable``.
 - ``enable`` / ``disable``: plugin names; ``required``: names that must load (else an error);
   ``strict``: any load failure aborts instead of being recorded and skipped.
-- ``[select]``: ``store``, ``secret_store``, ``sealer``, ``box_runtime`` → a registered name.
+- ``[select]``: ``store``, ``secret_store``, ``sealer``, ``box_runtime``, ``broker`` → a
+  registered name.
 - ``[plugin.<name>]``: that plugin's config table.
 - ``VALETKEY_PLUGINS`` (comma list) is an allow-list that replaces ``autoload``/``enable``
   (empty string: no plugins at all); ``VALETKEY_DISABLE_PLUGINS`` (comma list) adds to ``disable``.
@@ -23,7 +24,7 @@ from typing import Any
 
 from valetkey_hookspecs import ConfigError
 
-SELECTABLE = ("store", "secret_store", "sealer", "box_runtime")
+SELECTABLE = ("store", "secret_store", "sealer", "box_runtime", "broker")
 _TOP_KEYS = {"autoload", "enable", "disable", "required", "strict", "select", "plugin"}
 
 

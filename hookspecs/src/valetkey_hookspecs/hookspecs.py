@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .interfaces import (
     BoxRuntime,
+    CredentialBroker,
     CredentialProvider,
     KernelAPI,
     Notifier,
@@ -23,6 +24,7 @@ from .interfaces import (
     RegisterMcpTool,
     RegisterRoute,
     RegisterService,
+    ResponseTransformer,
     Sealer,
     SecretStore,
     Store,
@@ -125,6 +127,34 @@ def valetkey_register_notifiers(register: RegisterFactory[Notifier]) -> None:
         :class:`~valetkey_hookspecs.Notifier`.
 
     .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def valetkey_register_brokers(register: RegisterFactory[CredentialBroker]) -> None:
+    """Register credential brokers: what other plugins (the proxy, boxes) call to vend an owner's
+    credentials. ``[select] broker`` picks one when several are installed; ``kernel.broker`` is
+    built once per kernel so every caller in a process shares its in-flight refreshes.
+
+    :param register: ``register(name, factory, default=False)``; ``factory(ctx)`` returns a
+        :class:`~valetkey_hookspecs.CredentialBroker`.
+
+    .. versionadded:: 0.2
+    """
+
+
+@hookspec
+def valetkey_register_response_transformers(
+    register: RegisterFactory[ResponseTransformer],
+) -> None:
+    """Register response transformers for the credential proxy, by kind (``response-scrub``,
+    ``oauth-endpoint-workaround``, …). A run names the kinds it wants for a host; the proxy
+    buffers such responses up to the transformer's ``max_body`` and calls ``transform``.
+
+    :param register: ``register(kind, factory)``; ``factory(ctx)`` returns a
+        :class:`~valetkey_hookspecs.ResponseTransformer`.
+
+    .. versionadded:: 0.2
     """
 
 

@@ -31,6 +31,8 @@ from .types import (
     ExecResult,
     JoinToken,
     Notification,
+    ProxiedResponse,
+    ProxyExchange,
     ProxyRun,
     RelayAccessToken,
     RelayRecord,
@@ -690,6 +692,15 @@ class KernelAPI(Protocol):
         """A box runtime by name, or the selected one."""
         ...
 
+    @property
+    def broker(self) -> CredentialBroker:
+        """The selected credential broker (one per kernel)."""
+        ...
+
+    def response_transformer(self, kind: str) -> ResponseTransformer:
+        """A registered response transformer by kind (``NotFound`` names the known ones)."""
+        ...
+
     def credential_provider(self, name: str) -> CredentialProvider:
         """A credential provider by name."""
         ...
@@ -726,6 +737,42 @@ class PluginContext:
 
 Factory = Callable[[PluginContext], T_co]
 ServiceFn = Callable[[], Awaitable[None]]
+
+
+class CredentialBroker(Protocol):
+    """The broker as other plugins see it (the proxy, boxes): an owner's connections and their
+    current credentials. ``kernel.broker`` is the selected one, shared by everything in a process
+    so concurrent vends of a connection share one in-flight refresh."""
+
+    async def vend(self, owner: str, connection_id: str, *, actor: str = "api") -> Secret:
+        """The connection's current secret, refreshed first when close to expiry.
+
+        :raises NotFound: no such connection for this owner, or it has no credential yet.
+        :raises Revoked: the connection was revoked.
+        :raises NeedsReauth: the provider refused the refresh; a person must reconnect.
+        """
+        ...
+
+    async def get_connection(self, owner: str, connection_id: str) -> Connection:
+        """Owner-scoped: a foreign id is not found."""
+        ...
+
+    async def list_connections(self, owner: str) -> list[Connection]:
+        """The owner's connections, every status."""
+        ...
+
+
+class ResponseTransformer(Protocol):
+    """Rewrites an upstream response before the proxy hands it to an agent (``response-scrub``
+    puts placeholders back where the real token appears). Registered by kind with
+    ``valetkey_register_response_transformers``; a run names the kinds it wants per host."""
+
+    #: responses whose body is larger than this pass through untouched (they are streamed)
+    max_body: int
+
+    def transform(self, exchange: ProxyExchange, response: ProxiedResponse) -> ProxiedResponse:
+        """Return the response to send (``response`` itself when nothing changes)."""
+        ...
 
 
 class RegisterFactory(Protocol[T_contra]):

@@ -282,6 +282,36 @@ class ProxyRun:
     data: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class ProxyExchange:
+    """One request the proxy forwarded for a run, as response transformers see it."""
+
+    run_id: str
+    method: str
+    host: str
+    path: str
+    #: real value → placeholder, for every credential injected into this request's run and host;
+    #: a transformer must never put a real value into a response
+    scrub: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ProxiedResponse:
+    """A buffered upstream response (status, headers in order, whole body)."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes = field(repr=False, default=b"")
+
+    def header(self, name: str) -> str | None:
+        """The first value of a header (case-insensitive), or None."""
+        lname = name.lower()
+        for key, value in self.headers:
+            if key.lower() == lname:
+                return value
+        return None
+
+
 # --------------------------------------------------------------------------- boxes
 
 

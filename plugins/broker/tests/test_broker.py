@@ -290,6 +290,8 @@ async def test_the_api_and_the_scheduler_of_one_server_share_one_broker(make_ker
     async with make_kernel() as kernel, make_kernel() as other:
         assert serving_broker(kernel) is serving_broker(kernel)
         assert serving_broker(kernel) is not serving_broker(other)
+        # what other plugins reach (the proxy): the same broker, through the kernel
+        assert kernel.broker is serving_broker(kernel)
         api_side, scheduler_side = serving_broker(kernel), serving_broker(kernel)
         conn = await oauth_connection(api_side, expires_in=10)
         await asyncio.gather(api_side.vend("ann", conn.id), scheduler_side.refresh_due())

@@ -39,10 +39,12 @@ def plugin_rows(kernel: Kernel) -> list[dict[str, Any]]:
         "box_runtime",
         "notifier",
         "credential_provider",
+        "broker",
+        "response_transformer",
     ):
         for name, driver in kernel.drivers(kind).items():
             provides.setdefault(driver.plugin, {}).setdefault(kind, []).append(name)
-        if kind in ("store", "secret_store", "sealer", "box_runtime"):
+        if kind in ("store", "secret_store", "sealer", "box_runtime", "broker"):
             try:
                 driver = kernel.selected(kind)
             except ValetkeyError:  # no or ambiguous driver: 'plugins doctor' reports it

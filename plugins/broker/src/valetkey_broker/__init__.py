@@ -15,8 +15,8 @@ from valetkey_hookspecs import hookimpl
 from .config import BrokerConfig
 
 if TYPE_CHECKING:
-    from valetkey_hookspecs import KernelAPI
-    from valetkey_hookspecs.interfaces import RegisterRoute, RegisterService
+    from valetkey_hookspecs import KernelAPI, PluginContext
+    from valetkey_hookspecs.interfaces import RegisterFactory, RegisterRoute, RegisterService
 
 _COMMANDS = [
     (
@@ -40,6 +40,16 @@ _COMMANDS = [
 @hookimpl
 def valetkey_config_schema() -> type[Any]:
     return BrokerConfig
+
+
+@hookimpl
+def valetkey_register_brokers(register: RegisterFactory[Any]) -> None:
+    def build(ctx: PluginContext) -> Any:
+        from .broker import serving_broker
+
+        return serving_broker(ctx.kernel)
+
+    register("broker", build, default=True)
 
 
 @hookimpl
