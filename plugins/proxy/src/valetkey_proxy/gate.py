@@ -1,0 +1,538 @@
+"""The gate: what the proxy does with each request of a run (the engine's
+:class:`~valetkey_proxy.exchange.Gatekeeper`).
+
+- ``prepare`` turns a :class:`RunSpec` into a ready :class:`Run`: every grant resolved to one of
+  the owner's connections, each vended once to prove it works, host patterns and transformers
+  parsed. Only then may the run's token enter the registry.
+- ``on_request`` applies, in order: the network policy, placeholder checks (a placeholder sent to
+  a host its grant is not bound to is blocked and audited), token substitution, the credential
+  header, removed and added headers. Credentials are vended from the broker on every request, so
+  a refreshed or re-granted token is used at once.
+- ``on_response`` runs the run's response transformers; ``on_complete`` writes the request log,
+  with every injected value shown as ``[REDACTED]``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from valetkey_hookspecs import (
+    Connection,
+    ConnectionStatus,
+    Connector,
+    Injection,
+    InvalidInput,
+    KernelAPI,
+    NotFound,
+    ProxiedResponse,
+    ProxyExchange,
+    ResponseTransformer,
+    Revoked,
+    Secret,
+    ValetkeyError,
+)
+from valetkey_hookspecs.redaction import redact_text
+
+from .config import ProxyConfig
+from .exchange import Outcome, Request, Response, Verdict
+from .hosts import HostPattern, first_match, parse_all
+from .runs import Registry, Run, RunSpec, is_token, new_run_id, new_token, placeholder_for
+
+log = logging.getLogger("valetkey.proxy")
+
+PLACEHOLDER_MARK = "vkph_"
+_PLACEHOLDER_MARK_B = PLACEHOLDER_MARK.encode()
+POLICIES = ("permissive", "strict")
+REDACTED = "[REDACTED]"
+
+
+class RequestLogWriter(Protocol):
+    """Where the gate writes one entry per request (``reqlog.RequestLog``)."""
+
+    def record(self, run_id: str, entry: dict[str, Any]) -> None: ...
+
+
+LocalHandler = Callable[[Request, "Run"], Awaitable[Response]]
+
+
+@dataclass
+class Binding:
+    """A grant of a run, resolved: which connection, for which hosts, injected how."""
+
+    grant: str
+    connector: Connector
+    connection_id: str
+    injection: Injection
+    patterns: tuple[HostPattern, ...]
+    placeholder: str
+
+    @property
+    def env_var(self) -> str | None:
+        """The variable that carries the placeholder inside the run (``GITHUB_TOKEN``)."""
+        return self.injection.env_var
+
+
+@dataclass
+class Resolved:
+    """Everything the gate needs per request, computed once at ``prepare``."""
+
+    bindings: tuple[Binding, ...]
+    strict: bool
+    allow: tuple[HostPattern, ...]
+    transformers: tuple[tuple[HostPattern, str, ResponseTransformer], ...]
+    by_placeholder: dict[str, Binding]
+    #: (host, port) → the binding injected there (None: none), filled lazily
+    binding_for: dict[tuple[str, int], Binding | None] = field(default_factory=dict)
+    #: (host, port) → allowed under the network policy, filled lazily
+    allowed: dict[tuple[str, int], bool] = field(default_factory=dict)
+
+
+@dataclass
+class Context:
+    """What ``on_request`` hands to ``on_response`` and ``on_complete`` through the verdict."""
+
+    rule: str | None = None
+    injected: dict[str, str] = field(default_factory=dict)  # header name → [REDACTED]
+    real_values: tuple[str, ...] = ()
+    scrub: dict[str, str] = field(default_factory=dict)  # real value → placeholder
+    transformers: list[tuple[str, ResponseTransformer]] = field(default_factory=list)
+    logged_target: str = ""
+    started: float = 0.0
+
+
+class Gate:
+    """The gatekeeper of one daemon: one kernel (broker, store, connectors), one registry."""
+
+    def __init__(
+        self,
+        kernel: KernelAPI,
+        registry: Registry,
+        config: ProxyConfig,
+        request_log: RequestLogWriter | None = None,
+    ) -> None:
+        self._kernel = kernel
+        self._registry = registry
+        self._config = config
+        self._log = request_log
+        self._auth_cache: dict[str, str] = {}
+        self._upstream_map = {
+            host.lower(): _split_host_port(target) for host, target in config.upstream_map.items()
+        }
+        #: local endpoints by path prefix (``/_aws/``, ``/mcp/``): ``handler(request, run)``
+        self.local_handlers: dict[str, LocalHandler] = {}
+
+    # ------------------------------------------------------------------ runs
+
+    async def prepare(self, spec: RunSpec, token: str | None = None) -> Run:
+        """Validate and resolve ``spec``; raise (nothing registered) when anything is wrong."""
+        owner = (spec.owner or "").strip()
+        if not owner:
+            raise InvalidInput("a run needs an owner")
+        if token is not None and not is_token(token):
+            raise InvalidInput("auth_token must be 64 lower-case hex characters")
+        if spec.network_policy not in POLICIES:
+            raise InvalidInput(
+                f"network_policy {spec.network_policy!r}: expected one of {', '.join(POLICIES)}"
+            )
+        token = token or new_token()
+        allow = parse_all(spec.network_allow)
+        transformers = []
+        for t in spec.response_transformers:
+            transformers.append(
+                (HostPattern.parse(t.host), t.kind, self._kernel.response_transformer(t.kind))
+            )
+        seen: set[str] = set()
+        bindings: list[Binding] = []
+        for grant in spec.grants:
+            if grant in seen:
+                raise InvalidInput(f"grant {grant!r} is named twice")
+            seen.add(grant)
+            bindings.append(await self._bind(owner, grant, token))
+        resolved = Resolved(
+            bindings=tuple(bindings),
+            strict=spec.network_policy == "strict",
+            allow=allow,
+            transformers=tuple(transformers),
+            by_placeholder={b.placeholder: b for b in bindings},
+        )
+        run = Run(spec=spec, token=token, run_id=spec.run_id or new_run_id())
+        run.container_id = spec.container_id
+        run.resolved = resolved
+        return run
+
+    async def _bind(self, owner: str, grant: str, token: str) -> Binding:
+        conn = await self._connection_for(owner, grant)
+        connector = self._kernel.connectors.get(conn.connector)
+        injection = connector.injection
+        if injection is None or not injection.hosts:
+            raise InvalidInput(
+                f"grant {grant!r}: connector {connector.slug!r} has no injection rules "
+                "(no hosts to add its credential to)"
+            )
+        # vend once: a grant that cannot produce a credential fails the registration, not the
+        # agent's first request
+        await self._kernel.broker.vend(owner, conn.id, actor="proxy")
+        return Binding(
+            grant=grant,
+            connector=connector,
+            connection_id=conn.id,
+            injection=injection,
+            patterns=parse_all(injection.hosts),
+            placeholder=placeholder_for(token, grant),
+        )
+
+    async def _connection_for(self, owner: str, grant: str) -> Connection:
+        broker = self._kernel.broker
+        if grant.startswith("conn_"):
+            return await broker.get_connection(owner, grant)
+        connector = self._kernel.connectors.get(grant)  # NotFound names the known slugs
+        usable = [
+            c
+            for c in await broker.list_connections(owner)
+            if c.connector == connector.slug and c.status is not ConnectionStatus.REVOKED
+        ]
+        if not usable:
+            raise NotFound(
+                f"grant {grant!r}: {owner} has no {connector.slug} connection; "
+                f"connect one with 'valetkey connect {connector.slug}' "
+                f"or 'valetkey key add {connector.slug}'"
+            )
+        if len(usable) > 1:
+            ids = ", ".join(c.id for c in usable)
+            raise InvalidInput(
+                f"grant {grant!r}: {owner} has several {connector.slug} connections ({ids}); "
+                "grant one by its id"
+            )
+        return usable[0]
+
+    def run_env(self, run: Run) -> dict[str, str]:
+        """Placeholder variables for the run's process (``GITHUB_TOKEN=vkph_…``)."""
+        resolved: Resolved = run.resolved
+        env: dict[str, str] = {}
+        for binding in resolved.bindings:
+            if binding.env_var:
+                env[binding.env_var] = binding.placeholder
+        return env
+
+    def placeholders(self, run: Run) -> dict[str, str]:
+        """Grant → placeholder (for ``valetkey run --json`` and the API)."""
+        resolved: Resolved = run.resolved
+        return {b.grant: b.placeholder for b in resolved.bindings}
+
+    # ------------------------------------------------------------------ Gatekeeper
+
+    def authenticate(self, proxy_authorization: str | None) -> Run | None:
+        """``Basic base64("valetkey:<run token>")`` → the run, or None."""
+        if not proxy_authorization:
+            return None
+        token = self._auth_cache.get(proxy_authorization)
+        if token is None:
+            token = _token_from_basic(proxy_authorization)
+            if token is None:
+                return None
+            if len(self._auth_cache) > 4096:
+                self._auth_cache.clear()
+            self._auth_cache[proxy_authorization] = token
+        return self._registry.lookup(token)
+
+    def on_connect(self, run: Run, host: str, port: int) -> Verdict:
+        """A CONNECT is refused only by the network policy (placeholders are checked inside)."""
+        if not self._allowed(run.resolved, host, port):
+            return _blocked_by_policy(host, port)
+        return Verdict()
+
+    async def on_request(self, run: Run, request: Request) -> Verdict:
+        """Policy, placeholders, substitution, injection — see the module docstring. A grant that
+        cannot produce a credential now (revoked, needs re-auth) answers 502 saying so."""
+        try:
+            return await self._decide(run, request)
+        except ValetkeyError as exc:
+            message = redact_text(str(exc))
+            ctx = Context(rule="error:credential", logged_target=request.target)
+            body = _json_response(502, f"valetkey could not add a credential: {message}")
+            body.headers.append(("X-Valetkey-Error", "credential"))
+            return Verdict(respond=body, context=ctx)
+
+    async def _decide(self, run: Run, request: Request) -> Verdict:
+        resolved: Resolved = run.resolved
+        host, port = request.host, request.port
+        ctx = Context(started=time.perf_counter(), logged_target=request.target)
+        if not self._allowed(resolved, host, port):
+            verdict = _blocked_by_policy(host, port)
+            ctx.rule = f"blocked:{verdict.block}"
+            verdict.context = ctx
+            return verdict
+        binding = self._binding(resolved, host, port)
+        secrets_by_grant: dict[str, Secret] = {}
+        if resolved.by_placeholder and _mentions_placeholder(request):
+            found = _placeholders_in(request, resolved.by_placeholder)
+            for other in found:
+                if other is not binding:
+                    await self._audit_leak(run, other, host, port)
+                    ctx.rule = f"blocked:placeholder:{other.grant}"
+                    return Verdict(
+                        block=f"placeholder:{other.grant}",
+                        block_reason=(
+                            f"the placeholder of grant {other.grant!r} may only be sent to "
+                            f"{', '.join(p.text for p in other.patterns)}, not {host}"
+                        ),
+                        context=ctx,
+                    )
+            if binding is not None and binding in found:
+                secret = await self._vend(run, binding)
+                secrets_by_grant[binding.grant] = secret
+                _substitute(request, binding.placeholder, secret.token or "")
+                ctx.scrub[secret.token or ""] = binding.placeholder
+                ctx.rule = f"substitute:{binding.grant}"
+        if binding is not None:
+            secret = secrets_by_grant.get(binding.grant) or await self._vend(run, binding)
+            self._inject(request, binding, secret, ctx)
+            ctx.rule = ctx.rule or f"inject:{binding.grant}"
+        verdict = Verdict(context=ctx, connect_to=self._upstream_map.get(host))
+        if resolved.transformers:
+            for pattern, kind, transformer in resolved.transformers:
+                if pattern.matches(host, port):
+                    ctx.transformers.append((kind, transformer))
+                    verdict.buffer_response = max(verdict.buffer_response, transformer.max_body)
+        return verdict
+
+    def on_response(
+        self, run: Run, request: Request, response: Response, verdict: Verdict
+    ) -> Response:
+        """Run the transformers the run asked for on this host, in order."""
+        ctx: Context = verdict.context
+        if not ctx.transformers:
+            return response
+        exchange = ProxyExchange(
+            run_id=run.run_id,
+            method=request.method,
+            host=request.host,
+            path=ctx.logged_target,
+            scrub=dict(ctx.scrub),
+        )
+        current = ProxiedResponse(response.status, tuple(response.headers), response.body)
+        for kind, transformer in ctx.transformers:
+            if len(current.body) > transformer.max_body:
+                continue
+            try:
+                current = transformer.transform(exchange, current)
+            except Exception as exc:  # a broken transformer must not break the run
+                log.warning("response transformer %s failed: %s", kind, redact_text(f"{exc!r}"))
+        return Response(current.status, list(current.headers), current.body, response.reason)
+
+    def on_complete(self, run: Run, request: Request, verdict: Verdict, outcome: Outcome) -> None:
+        """One request-log line; injected values never appear."""
+        if self._log is None:
+            return
+        ctx: Context | None = verdict.context
+        entry: dict[str, Any] = {
+            "ts": time.time(),
+            "method": request.method,
+            "scheme": request.scheme,
+            "host": request.host,
+            "port": request.port,
+            "path": ctx.logged_target if ctx else _redact_values(request.target, ()),
+            "status": outcome.status,
+            "bytes_out": outcome.bytes_out,
+            "bytes_in": outcome.bytes_in,
+            "duration_ms": round(outcome.duration_ms, 3),
+            "rule": (ctx.rule if ctx else None)
+            or (f"blocked:{verdict.block}" if verdict.block else None),
+        }
+        if ctx and ctx.injected:
+            entry["injected"] = dict(ctx.injected)
+        if outcome.error:
+            entry["error"] = outcome.error
+        self._log.record(run.run_id, entry)
+
+    async def local(self, request: Request, proxy_authorization: str | None) -> Response | None:
+        """Requests to the proxy itself: dispatched by path prefix to ``local_handlers``."""
+        for prefix, handler in self.local_handlers.items():
+            if request.target.startswith(prefix):
+                run = self.authenticate(proxy_authorization) or self._run_from_authorization(
+                    request.header("authorization")
+                )
+                if run is None:
+                    return _json_response(401, "a valetkey run token is required")
+                return await handler(request, run)
+        return None
+
+    # ------------------------------------------------------------------ internals
+
+    def _run_from_authorization(self, value: str | None) -> Run | None:
+        """``Authorization: Bearer <token>``, ``Basic …`` or the bare token (what AWS SDKs send
+        from ``AWS_CONTAINER_AUTHORIZATION_TOKEN``)."""
+        if not value:
+            return None
+        scheme, _, rest = value.partition(" ")
+        if scheme.lower() == "basic":
+            return self.authenticate(value)
+        token = rest.strip() if scheme.lower() == "bearer" else value.strip()
+        return self._registry.lookup(token) if is_token(token) else None
+
+    def _allowed(self, resolved: Resolved, host: str, port: int) -> bool:
+        if not resolved.strict:
+            return True
+        key = (host, port)
+        allowed = resolved.allowed.get(key)
+        if allowed is None:
+            allowed = first_match(resolved.allow, host, port) is not None or any(
+                first_match(b.patterns, host, port) for b in resolved.bindings
+            )
+            resolved.allowed[key] = allowed
+        return allowed
+
+    @staticmethod
+    def _binding(resolved: Resolved, host: str, port: int) -> Binding | None:
+        key = (host, port)
+        if key in resolved.binding_for:
+            return resolved.binding_for[key]
+        found: Binding | None = None
+        best_has_port = False
+        for binding in resolved.bindings:
+            pattern = first_match(binding.patterns, host, port)
+            if pattern is not None and (found is None or (pattern.port and not best_has_port)):
+                found, best_has_port = binding, pattern.port is not None
+        resolved.binding_for[key] = found
+        return found
+
+    async def _vend(self, run: Run, binding: Binding) -> Secret:
+        """The binding's current secret; a slug grant whose connection was replaced is
+        re-resolved once (re-granted), so the new connection is used at once."""
+        broker = self._kernel.broker
+        owner = run.spec.owner
+        try:
+            return await broker.vend(owner, binding.connection_id, actor=f"proxy:{run.run_id}")
+        except (NotFound, Revoked):
+            if binding.grant.startswith("conn_"):
+                raise
+            conn = await self._connection_for(owner, binding.grant)
+            binding.connection_id = conn.id
+            return await broker.vend(owner, conn.id, actor=f"proxy:{run.run_id}")
+
+    @staticmethod
+    def _inject(request: Request, binding: Binding, secret: Secret, ctx: Context) -> None:
+        injection = binding.injection
+        token = secret.token or ""
+        api_secret = secret.api_secret or ""
+        remove = {h.lower() for h in injection.remove_headers}
+        remove.add(injection.header.lower())
+        headers = [(k, v) for k, v in request.headers if k.lower() not in remove]
+        value = _fill(injection.format, token, api_secret)
+        headers.append((injection.header, value))
+        ctx.injected[injection.header] = REDACTED
+        for name, template in injection.add_headers.items():
+            added = _fill(template, token, api_secret)
+            lname = name.lower()
+            for i, (key, existing) in enumerate(headers):
+                if key.lower() == lname:
+                    headers[i] = (key, f"{existing}, {added}" if existing else added)
+                    break
+            else:
+                headers.append((name, added))
+            if "{token}" in template or "{secret}" in template:
+                ctx.injected[name] = REDACTED
+        request.headers = headers
+        ctx.real_values = (*ctx.real_values, *(v for v in (token, api_secret) if v))
+        if token:
+            ctx.scrub.setdefault(token, binding.placeholder)
+
+    async def _audit_leak(self, run: Run, binding: Binding, host: str, port: int) -> None:
+        log.warning(
+            "run %s: placeholder of grant %s sent to %s:%s; blocked",
+            run.run_id,
+            binding.grant,
+            host,
+            port,
+        )
+        try:
+            await self._kernel.store.audit.append(
+                "proxy.placeholder_blocked",
+                actor=f"proxy:{run.run_id}",
+                owner=run.spec.owner,
+                connection_id=binding.connection_id,
+                detail={"grant": binding.grant, "host": host, "port": port},
+            )
+        except ValetkeyError as exc:
+            log.error("could not audit a blocked placeholder: %s", exc)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _token_from_basic(value: str) -> str | None:
+    scheme, _, encoded = value.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, token = decoded.partition(":")
+    if not sep or user != "valetkey" or not is_token(token):
+        return None
+    return token
+
+
+def _split_host_port(target: str) -> tuple[str, int]:
+    host, _, port = target.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _fill(template: str, token: str, api_secret: str) -> str:
+    return template.replace("{token}", token).replace("{secret}", api_secret)
+
+
+def _mentions_placeholder(request: Request) -> bool:
+    if PLACEHOLDER_MARK in request.target:
+        return True
+    for _, value in request.headers:
+        if PLACEHOLDER_MARK in value:
+            return True
+    return _PLACEHOLDER_MARK_B in request.body
+
+
+def _placeholders_in(request: Request, by_placeholder: dict[str, Binding]) -> list[Binding]:
+    found = []
+    for placeholder, binding in by_placeholder.items():
+        if (
+            placeholder in request.target
+            or any(placeholder in v for _, v in request.headers)
+            or placeholder.encode() in request.body
+        ):
+            found.append(binding)
+    return found
+
+
+def _substitute(request: Request, placeholder: str, real: str) -> None:
+    request.target = request.target.replace(placeholder, real)
+    request.headers = [(k, v.replace(placeholder, real)) for k, v in request.headers]
+    if request.body:
+        request.body = request.body.replace(placeholder.encode(), real.encode())
+
+
+def _redact_values(text: str, values: tuple[str, ...]) -> str:
+    for value in values:
+        if value:
+            text = text.replace(value, REDACTED)
+    return text
+
+
+def _blocked_by_policy(host: str, port: int) -> Verdict:
+    return Verdict(
+        block="network-policy",
+        block_reason=f"{host}:{port} is not in this run's allow-list (strict network policy)",
+    )
+
+
+def _json_response(status: int, message: str) -> Response:
+    import json
+
+    body = json.dumps({"error": message}).encode()
+    return Response(status, [("Content-Type", "application/json")], body)
