@@ -49,6 +49,7 @@ log = logging.getLogger("valetkey.proxy")
 PLACEHOLDER_MARK = "vkph_"
 _PLACEHOLDER_MARK_B = PLACEHOLDER_MARK.encode()
 POLICIES = ("permissive", "strict")
+AWS_CONNECTOR = "aws"
 REDACTED = "[REDACTED]"
 
 
@@ -87,6 +88,8 @@ class Resolved:
     allow: tuple[HostPattern, ...]
     transformers: tuple[tuple[HostPattern, str, ResponseTransformer], ...]
     by_placeholder: dict[str, Binding]
+    #: the ``aws`` grant's connection (access key id + secret), when the run has an aws role
+    aws_connection_id: str | None = None
     #: (host, port) → the binding injected there (None: none), filled lazily
     binding_for: dict[tuple[str, int], Binding | None] = field(default_factory=dict)
     #: (host, port) → allowed under the network policy, filled lazily
@@ -149,25 +152,43 @@ class Gate:
             )
         seen: set[str] = set()
         bindings: list[Binding] = []
+        aws_connection_id: str | None = None
         for grant in spec.grants:
             if grant in seen:
                 raise InvalidInput(f"grant {grant!r} is named twice")
             seen.add(grant)
-            bindings.append(await self._bind(owner, grant, token))
+            conn = await self._connection_for(owner, grant)
+            if conn.connector == AWS_CONNECTOR:
+                aws_connection_id = await self._bind_aws(owner, grant, conn, spec)
+                continue
+            bindings.append(await self._bind(owner, grant, conn, token))
+        if spec.aws is not None and aws_connection_id is None:
+            raise InvalidInput("an aws role needs an aws grant (--grant aws)")
         resolved = Resolved(
             bindings=tuple(bindings),
             strict=spec.network_policy == "strict",
             allow=allow,
             transformers=tuple(transformers),
             by_placeholder={b.placeholder: b for b in bindings},
+            aws_connection_id=aws_connection_id,
         )
         run = Run(spec=spec, token=token, run_id=spec.run_id or new_run_id())
         run.container_id = spec.container_id
         run.resolved = resolved
         return run
 
-    async def _bind(self, owner: str, grant: str, token: str) -> Binding:
-        conn = await self._connection_for(owner, grant)
+    async def _bind_aws(self, owner: str, grant: str, conn: Connection, spec: RunSpec) -> str:
+        """The aws grant signs nothing itself: its access key assumes ``spec.aws.role_arn`` and
+        the run reads short-lived credentials from ``/_aws/credentials``."""
+        if spec.aws is None:
+            raise InvalidInput(
+                f"grant {grant!r}: an aws grant needs a role to assume (aws.role_arn, "
+                "'valetkey run --aws-role ARN')"
+            )
+        await self._kernel.broker.vend(owner, conn.id, actor="proxy")
+        return conn.id
+
+    async def _bind(self, owner: str, grant: str, conn: Connection, token: str) -> Binding:
         connector = self._kernel.connectors.get(conn.connector)
         injection = connector.injection
         if injection is None or not injection.hosts:
