@@ -26,6 +26,8 @@ class ProxyConfig:
     upstream_map: dict[str, str] = field(default_factory=dict)
     #: largest request body the proxy buffers (bytes); larger requests get 413
     max_request_body: int = 32 * 1024 * 1024
+    #: where the ``aws`` grant calls STS (default: AWS's regional endpoint; tests use moto)
+    aws_sts_endpoint: str = ""
     #: coalesce runs.json writes within this many seconds
     persist_debounce: float = 0.2
 

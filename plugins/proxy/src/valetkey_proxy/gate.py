@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from valetkey_hookspecs import (
     Connection,
@@ -162,6 +163,7 @@ class Gate:
                 aws_connection_id = await self._bind_aws(owner, grant, conn, spec)
                 continue
             bindings.append(await self._bind(owner, grant, conn, token))
+        self._check_mcp_servers(spec, bindings)
         if spec.aws is not None and aws_connection_id is None:
             raise InvalidInput("an aws role needs an aws grant (--grant aws)")
         resolved = Resolved(
@@ -176,6 +178,25 @@ class Gate:
         run.container_id = spec.container_id
         run.resolved = resolved
         return run
+
+    @staticmethod
+    def _check_mcp_servers(spec: RunSpec, bindings: list[Binding]) -> None:
+        names: set[str] = set()
+        bound = {b.grant for b in bindings}
+        for server in spec.mcp_servers:
+            if not server.name or "/" in server.name or server.name in names:
+                raise InvalidInput(
+                    f"mcp server {server.name!r}: names must be unique, non-empty, without '/'"
+                )
+            names.add(server.name)
+            if (problem := url_problem(server.url)) is not None:
+                raise InvalidInput(f"mcp server {server.name!r}: {problem}")
+            if server.grant is not None and server.grant not in bound:
+                raise InvalidInput(
+                    f"mcp server {server.name!r}: grant {server.grant!r} is not among the "
+                    "run's grants"
+                    + (" (or is the aws grant)" if server.grant in spec.grants else "")
+                )
 
     async def _bind_aws(self, owner: str, grant: str, conn: Connection, spec: RunSpec) -> str:
         """The aws grant signs nothing itself: its access key assumes ``spec.aws.role_arn`` and
@@ -306,13 +327,13 @@ class Gate:
                         context=ctx,
                     )
             if binding is not None and binding in found:
-                secret = await self._vend(run, binding)
+                secret = await self.vend(run, binding)
                 secrets_by_grant[binding.grant] = secret
                 _substitute(request, binding.placeholder, secret.token or "")
                 ctx.scrub[secret.token or ""] = binding.placeholder
                 ctx.rule = f"substitute:{binding.grant}"
         if binding is not None:
-            secret = secrets_by_grant.get(binding.grant) or await self._vend(run, binding)
+            secret = secrets_by_grant.get(binding.grant) or await self.vend(run, binding)
             self._inject(request, binding, secret, ctx)
             ctx.rule = ctx.rule or f"inject:{binding.grant}"
         verdict = Verdict(context=ctx, connect_to=self._upstream_map.get(host))
@@ -423,7 +444,7 @@ class Gate:
         resolved.binding_for[key] = found
         return found
 
-    async def _vend(self, run: Run, binding: Binding) -> Secret:
+    async def vend(self, run: Run, binding: Binding) -> Secret:
         """The binding's current secret; a slug grant whose connection was replaced is
         re-resolved once (re-granted), so the new connection is used at once."""
         broker = self._kernel.broker
@@ -439,30 +460,11 @@ class Gate:
 
     @staticmethod
     def _inject(request: Request, binding: Binding, secret: Secret, ctx: Context) -> None:
-        injection = binding.injection
-        token = secret.token or ""
-        api_secret = secret.api_secret or ""
-        remove = {h.lower() for h in injection.remove_headers}
-        remove.add(injection.header.lower())
-        headers = [(k, v) for k, v in request.headers if k.lower() not in remove]
-        value = _fill(injection.format, token, api_secret)
-        headers.append((injection.header, value))
-        ctx.injected[injection.header] = REDACTED
-        for name, template in injection.add_headers.items():
-            added = _fill(template, token, api_secret)
-            lname = name.lower()
-            for i, (key, existing) in enumerate(headers):
-                if key.lower() == lname:
-                    headers[i] = (key, f"{existing}, {added}" if existing else added)
-                    break
-            else:
-                headers.append((name, added))
-            if "{token}" in template or "{secret}" in template:
-                ctx.injected[name] = REDACTED
-        request.headers = headers
-        ctx.real_values = (*ctx.real_values, *(v for v in (token, api_secret) if v))
-        if token:
-            ctx.scrub.setdefault(token, binding.placeholder)
+        request.headers, injected, real = inject_headers(request.headers, binding, secret)
+        ctx.injected.update(injected)
+        ctx.real_values = (*ctx.real_values, *real)
+        if secret.token:
+            ctx.scrub.setdefault(secret.token, binding.placeholder)
 
     async def _audit_leak(self, run: Run, binding: Binding, host: str, port: int) -> None:
         log.warning(
@@ -485,6 +487,49 @@ class Gate:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def inject_headers(
+    headers: list[tuple[str, str]], binding: Binding, secret: Secret
+) -> tuple[list[tuple[str, str]], dict[str, str], tuple[str, ...]]:
+    """Apply a binding's injection rules to ``headers``: the credential header (replacing the
+    client's), removed headers, added headers merged with the client's value comma-joined.
+    Returns the new headers, ``{name: "[REDACTED]"}`` for every header that holds a secret, and
+    the real values placed (for scrubbing)."""
+    injection = binding.injection
+    token = secret.token or ""
+    api_secret = secret.api_secret or ""
+    remove = {h.lower() for h in injection.remove_headers}
+    remove.add(injection.header.lower())
+    out = [(k, v) for k, v in headers if k.lower() not in remove]
+    out.append((injection.header, _fill(injection.format, token, api_secret)))
+    injected = {injection.header: REDACTED}
+    for name, template in injection.add_headers.items():
+        added = _fill(template, token, api_secret)
+        lname = name.lower()
+        for i, (key, existing) in enumerate(out):
+            if key.lower() == lname:
+                out[i] = (key, f"{existing}, {added}" if existing else added)
+                break
+        else:
+            out.append((name, added))
+        if "{token}" in template or "{secret}" in template:
+            injected[name] = REDACTED
+    return out, injected, tuple(v for v in (token, api_secret) if v)
+
+
+def url_problem(url: str) -> str | None:
+    """Why a remote MCP server url is refused (https, or plain http to a loopback host)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return "its url is not a URL"
+    if parts.scheme == "https" and host:
+        return None
+    if parts.scheme == "http" and host in ("127.0.0.1", "localhost", "::1"):
+        return None
+    return "its url must be https:// (plain http:// only to a loopback host)"
 
 
 def _token_from_basic(value: str) -> str | None:
