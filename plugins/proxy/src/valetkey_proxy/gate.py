@@ -164,6 +164,10 @@ class Gate:
                 continue
             bindings.append(await self._bind(owner, grant, conn, token))
         self._check_mcp_servers(spec, bindings)
+        if spec.scrub:
+            scrub = self._kernel.response_transformer("response-scrub")
+            for binding in bindings:
+                transformers.extend((p, "response-scrub", scrub) for p in binding.patterns)
         if spec.aws is not None and aws_connection_id is None:
             raise InvalidInput("an aws role needs an aws grant (--grant aws)")
         resolved = Resolved(

@@ -61,6 +61,8 @@ class RunSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=False, omit_def
     mcp_servers: list[McpServerSpec] = msgspec.field(default_factory=list)
     aws: AwsSpec | None = None
     response_transformers: list[TransformerSpec] = msgspec.field(default_factory=list)
+    #: ``response-scrub`` on every host of every grant
+    scrub: bool = False
     container_id: str | None = None
 
 
