@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -18,104 +17,23 @@ from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
+import oauth_cli  # tests/fixtures (on pythonpath)
 import pytest
 
 from valetkey.kernel import load
 from valetkey_broker.broker import Broker
-from valetkey_hookspecs import ConnectionStatus, NeedsReauth, RateLimited, Secret, utcnow
+from valetkey_hookspecs import ConnectionStatus, NeedsReauth, RateLimited, utcnow
 
 pytestmark = pytest.mark.slow
 
-SLUG = "idp"
-
-
-def write_connector(oidc, rate: str = "") -> None:
-    folder = os.path.join(os.environ["XDG_CONFIG_HOME"], "valetkey", "connectors")
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, f"{SLUG}.toml"), "w") as handle:
-        handle.write(f"""
-name = "Test IdP"
-[auth]
-type = "oauth2"
-authorize_url = "{oidc.authorization_endpoint}"
-token_url = "{oidc.token_endpoint}"
-device_authorization_url = "{oidc.device_authorization_endpoint}"
-scopes = ["openid", "offline_access"]
-pkce = true
-client_auth = "none"
-extra_authorize_params = {{ prompt = "consent" }}
-[injection]
-hosts = ["api.idp.test"]
-env_var = "IDP_TOKEN"
-{rate}
-""")
-
-
-@pytest.fixture
-def idp(oidc, monkeypatch):
-    monkeypatch.setenv(f"VALETKEY_OAUTH_{SLUG.upper()}_CLIENT_ID", oidc.native_client_id)
-    monkeypatch.setenv("VALETKEY_OWNER", "ann")
-    write_connector(oidc)
-    return oidc
-
-
-async def stored_secret(kernel, cid: str) -> Secret:
-    """Open what the vault holds for a connection (tests look; agents never do)."""
-    _conn, cred = await kernel.store.credentials.get_with_connection(cid, "ann")
-    return Secret.from_bytes(kernel.sealer.open(cred.sealed, cred.id.encode()))
-
-
-def revoke_at_provider(server, refresh_token: str, client_id: str) -> None:
-    """The person revokes valetkey's access at the provider."""
-    httpx.post(
-        server.revocation_endpoint,
-        data={
-            "token": refresh_token,
-            "token_type_hint": "refresh_token",
-            "client_id": client_id,
-        },
-    ).raise_for_status()
-
-
-def start_cli(*args):
-    return subprocess.Popen(
-        [sys.executable, "-m", "valetkey", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=os.environ.copy(),
-    )
-
-
-def read_until(stream, pattern, timeout=30.0):
-    """Lines from ``stream`` until one matches; returns the match."""
-    seen = []
-    box: dict[str, re.Match[str] | None] = {"m": None}
-
-    def reader():
-        for line in stream:
-            seen.append(line)
-            if (m := re.search(pattern, line)) is not None:
-                box["m"] = m
-                return
-
-    thread = threading.Thread(target=reader, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    assert box["m"] is not None, f"no {pattern!r} in: {''.join(seen)}"
-    return box["m"]
-
-
-def connect_with_browser(idp) -> str:
-    proc = start_cli("connect", SLUG, "--no-browser", "--json")
-    url = read_until(proc.stderr, r"(http://127\.0\.0\.1:\d+/auth\?\S+)").group(1)
-    callback = idp.approve_authorization(url)
-    assert callback.startswith("http://127.0.0.1:") and "/callback?" in callback
-    page = httpx.get(callback, timeout=10)  # the browser lands on the CLI's loopback receiver
-    assert page.status_code == 200
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    return json.loads(out)["id"]
+SLUG = oauth_cli.SLUG
+idp = oauth_cli.idp
+write_connector = oauth_cli.write_connector
+stored_secret = oauth_cli.stored_secret
+revoke_at_provider = oauth_cli.revoke_at_provider
+start_cli = oauth_cli.start_cli
+read_until = oauth_cli.read_until
+connect_with_browser = oauth_cli.connect_with_browser
 
 
 def test_pkce_loopback_login_through_the_cli_then_vend(idp, isolated):

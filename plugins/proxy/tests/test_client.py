@@ -96,7 +96,7 @@ def test_kill_9_restarts_with_the_same_tokens_and_no_secret_on_disk(env):
     env.cli("key", "add", "openai", input=secret + "\n", check=True)
     client = ensure_running(env.home)
     env.remember()
-    first = client.health()["pid"]
+    first, first_port = client.health()["pid"], client.health()["proxy_port"]
     a = client.register_run({"owner": "ann", "grants": ["openai"], "run_id": "agent-a"})
     b = client.register_run({"owner": "ann", "run_id": "agent-b"})
     assert a["env"]["OPENAI_API_KEY"].startswith("vkph_")
@@ -112,6 +112,8 @@ def test_kill_9_restarts_with_the_same_tokens_and_no_secret_on_disk(env):
     env.remember()
     health = client.health()
     assert health["pid"] != first and health["restore_failures"] == []
+    # the agents' proxy URLs still work: the new daemon took the old port back
+    assert health["proxy_port"] == first_port
     assert {r["run_id"] for r in client.list_runs()} == {"agent-a", "agent-b"}
     # the old tokens are known (PATCH answers 200, not 404) and re-registering keeps them
     assert client.update_run(a["auth_token"], "c-1")["container_id"] == "c-1"

@@ -373,8 +373,8 @@ def ensure_running(home: Path, timeout: float = START_TIMEOUT) -> DaemonClient:
             client = _wait_healthy(home, None, min(timeout, 5.0))
             if client is not None:
                 return client
-        if info is not None and lockfile.is_stale(info):
-            lockfile.remove(paths.info)
+        # a stale daemon.json stays: the new daemon reads its port back from it (agents hold
+        # proxy URLs with that port) and then overwrites it
         with contextlib.suppress(FileNotFoundError):
             if not lockfile.socket_answers(paths.sock):
                 paths.sock.unlink()

@@ -109,6 +109,15 @@ async def restore(gate: Any, registry: Registry, specs: list[RunSpec]) -> list[d
     return failures
 
 
+def _previous_port(paths: ProxyPaths) -> int:
+    """The port of a daemon that died without cleaning up (its ``daemon.json`` is left), when it
+    had runs to restore; 0 otherwise."""
+    stale = lockfile.read(paths.info)
+    if stale is None or not paths.runs.exists() or lockfile.pid_alive(stale.pid):
+        return 0
+    return stale.proxy_port
+
+
 async def serve_daemon(kernel: KernelAPI, *, ready: asyncio.Event | None = None) -> None:
     """Run the daemon until it is told to stop (see the module docstring)."""
     from . import aws, mcp_relay
@@ -141,15 +150,28 @@ async def serve_daemon(kernel: KernelAPI, *, ready: asyncio.Event | None = None)
             lambda event, run: aws_credentials.forget(run) if event == "removed" else None
         )
         ca = await asyncio.to_thread(LocalCA.load_or_create, paths.ca, kernel.sealer)
-        proxy = ProxyServer(
-            gate,
-            ca,
-            host=config.listen_host,
-            port=config.port,
-            upstream_ssl=upstream_ssl,
-            max_request_body=config.max_request_body,
-        )
-        await proxy.start()
+
+        def make_proxy(port: int) -> ProxyServer:
+            return ProxyServer(
+                gate,
+                ca,
+                host=config.listen_host,
+                port=port,
+                upstream_ssl=upstream_ssl,
+                max_request_body=config.max_request_body,
+            )
+
+        # after a crash, agents still hold proxy URLs with the old port: take it back if free
+        previous_port = _previous_port(paths) if not config.port else 0
+        proxy = make_proxy(config.port or previous_port)
+        try:
+            await proxy.start()
+        except OSError as exc:
+            if not previous_port:
+                raise
+            log.warning("previous proxy port %d is taken (%s); using another", previous_port, exc)
+            proxy = make_proxy(0)
+            await proxy.start()
         state = DaemonState(
             registry=registry,
             gate=gate,
