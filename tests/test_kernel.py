@@ -280,6 +280,18 @@ def test_the_broker_is_built_once_per_kernel_and_transformers_are_found_by_kind(
         kernel.response_transformer("x")
 
 
+def test_box_hooks_are_every_registered_one_in_name_order():
+    class P:
+        @hookimpl
+        def valetkey_register_box_hooks(self, register):
+            register("zeta", lambda ctx: "z-hook")
+            register("alpha", lambda ctx: "a-hook")
+
+    kernel = kernel_with(P())
+    assert kernel.box_hooks == ["a-hook", "z-hook"]
+    assert kernel_with().box_hooks == []
+
+
 def test_no_broker_installed_says_what_to_do():
     kernel = kernel_with()
     with pytest.raises(ConfigError, match="no broker is available: install or enable a plugin"):

@@ -22,6 +22,7 @@ from typing import Any
 import pluggy
 
 from valetkey_hookspecs import (
+    BoxHook,
     BoxRuntime,
     ConfigError,
     Connector,
@@ -58,6 +59,7 @@ DRIVER_HOOKS = {
     "credential_provider": "valetkey_register_credential_providers",
     "broker": "valetkey_register_brokers",
     "response_transformer": "valetkey_register_response_transformers",
+    "box_hook": "valetkey_register_box_hooks",
 }
 
 
@@ -343,6 +345,11 @@ class Kernel:
     def notifiers(self) -> list[Notifier]:
         """Every enabled notifier, by name (raises if one cannot be built)."""
         return [self._instance(d) for _, d in sorted(self._drivers["notifier"].items())]
+
+    @property
+    def box_hooks(self) -> list[BoxHook]:
+        """Every enabled box lifecycle hook, in name order."""
+        return [self._instance(d) for _, d in sorted(self._drivers["box_hook"].items())]
 
     async def notify(self, notification: Notification) -> None:
         """Start delivering to every notifier and return at once: a slow or retrying notifier

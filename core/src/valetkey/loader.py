@@ -34,6 +34,7 @@ KIND_OF_HOOK = {
     "valetkey_register_notifiers": "notifier",
     "valetkey_register_brokers": "broker",
     "valetkey_register_response_transformers": "response_transformer",
+    "valetkey_register_box_hooks": "box_hook",
     "valetkey_register_commands": "commands",
     "valetkey_register_routes": "routes",
     "valetkey_register_mcp_tools": "mcp_tools",

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .interfaces import (
+    BoxHook,
     BoxRuntime,
     CredentialBroker,
     CredentialProvider,
@@ -116,6 +117,18 @@ def valetkey_register_box_runtimes(register: RegisterFactory[BoxRuntime]) -> Non
         :class:`~valetkey_hookspecs.BoxRuntime`.
 
     .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def valetkey_register_box_hooks(register: RegisterFactory[BoxHook]) -> None:
+    """Register box lifecycle hooks. Every enabled hook runs, in name order, on each box create
+    (files to inject, state to keep) and destroy (with that state).
+
+    :param register: ``register(name, factory)``; ``factory(ctx)`` returns a
+        :class:`~valetkey_hookspecs.BoxHook`.
+
+    .. versionadded:: 0.2
     """
 
 

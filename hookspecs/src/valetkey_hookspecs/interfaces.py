@@ -22,6 +22,8 @@ from .types import (
     AuditEvent,
     AuthType,
     Box,
+    BoxHookEvent,
+    BoxHookResult,
     BoxSession,
     BoxSpec,
     Connection,
@@ -538,6 +540,21 @@ class BoxRuntime(Protocol):
         ...
 
 
+class BoxHook(Protocol):
+    """Runs around a box's life (register with ``valetkey_register_box_hooks``): ``on_create``
+    before the container exists (it may return files to inject and state to keep),
+    ``on_destroy`` after the box is gone or when its creation failed after ``on_create`` ran."""
+
+    async def on_create(self, event: BoxHookEvent) -> BoxHookResult:
+        """Prepare the box; raising aborts the creation (destroy hooks that already ran their
+        create are replayed)."""
+        ...
+
+    async def on_destroy(self, event: BoxHookEvent, state: Mapping[str, Any]) -> None:
+        """Clean up with the state ``on_create`` returned; a failure is logged, not fatal."""
+        ...
+
+
 # =========================================================================== notifiers, providers
 
 
@@ -699,6 +716,11 @@ class KernelAPI(Protocol):
 
     def response_transformer(self, kind: str) -> ResponseTransformer:
         """A registered response transformer by kind (``NotFound`` names the known ones)."""
+        ...
+
+    @property
+    def box_hooks(self) -> list[BoxHook]:
+        """Every enabled box lifecycle hook, in name order."""
         ...
 
     def credential_provider(self, name: str) -> CredentialProvider:

@@ -388,6 +388,27 @@ class ExecResult:
 
 
 @dataclass(frozen=True, slots=True)
+class BoxHookEvent:
+    """What box lifecycle hooks are told about a box being created or destroyed."""
+
+    box_id: str
+    image: str
+    runtime: str
+    description: str = ""
+    spoke: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BoxHookResult:
+    """What a create hook returns: files to inject before the box starts, and opaque state that
+    is persisted with the box and replayed to the destroy hooks (also when the create fails
+    after the hook ran). State is stored as JSON in plaintext: never put a secret in it."""
+
+    files: tuple[BoxFile, ...] = ()
+    state: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class BoxSession:
     """The box manager's record of a box: status, auth-page token (hashed), hook state."""
 

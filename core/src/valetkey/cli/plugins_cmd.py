@@ -41,6 +41,7 @@ def plugin_rows(kernel: Kernel) -> list[dict[str, Any]]:
         "credential_provider",
         "broker",
         "response_transformer",
+        "box_hook",
     ):
         for name, driver in kernel.drivers(kind).items():
             provides.setdefault(driver.plugin, {}).setdefault(kind, []).append(name)
