@@ -288,7 +288,7 @@ def test_box_hooks_are_every_registered_one_in_name_order():
             register("alpha", lambda ctx: "a-hook")
 
     kernel = kernel_with(P())
-    assert kernel.box_hooks == ["a-hook", "z-hook"]
+    assert kernel.box_hooks == [("alpha", "a-hook"), ("zeta", "z-hook")]
     assert kernel_with().box_hooks == []
 
 

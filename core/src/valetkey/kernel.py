@@ -347,9 +347,9 @@ class Kernel:
         return [self._instance(d) for _, d in sorted(self._drivers["notifier"].items())]
 
     @property
-    def box_hooks(self) -> list[BoxHook]:
-        """Every enabled box lifecycle hook, in name order."""
-        return [self._instance(d) for _, d in sorted(self._drivers["box_hook"].items())]
+    def box_hooks(self) -> list[tuple[str, BoxHook]]:
+        """Every enabled box lifecycle hook with its name, in name order."""
+        return [(n, self._instance(d)) for n, d in sorted(self._drivers["box_hook"].items())]
 
     async def notify(self, notification: Notification) -> None:
         """Start delivering to every notifier and return at once: a slow or retrying notifier

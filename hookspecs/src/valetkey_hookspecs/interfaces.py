@@ -719,8 +719,8 @@ class KernelAPI(Protocol):
         ...
 
     @property
-    def box_hooks(self) -> list[BoxHook]:
-        """Every enabled box lifecycle hook, in name order."""
+    def box_hooks(self) -> list[tuple[str, BoxHook]]:
+        """Every enabled box lifecycle hook with its name, in name order."""
         ...
 
     def credential_provider(self, name: str) -> CredentialProvider:
