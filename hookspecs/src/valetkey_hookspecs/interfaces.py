@@ -504,7 +504,10 @@ class BoxRuntime(Protocol):
     name: str
 
     async def create(self, spec: BoxSpec) -> Box:
-        """Create and start; ``InvalidInput`` for a bad id, ``Conflict`` for a duplicate."""
+        """Create and start; ``InvalidInput`` for a bad id or file, ``Conflict`` for a duplicate
+        or when the runtime's ``max_boxes`` is reached — all raised before a container exists
+        (``valetkey_hookspecs.boxes.check_box_id``). The box id is the container's hostname;
+        files are in place, with their mode, uid and gid, before the main process starts."""
         ...
 
     async def get(self, box_id: str) -> Box:
@@ -516,7 +519,10 @@ class BoxRuntime(Protocol):
         ...
 
     async def exec(self, box_id: str, command: str, *, timeout: float | None = None) -> ExecResult:
-        """Run ``sh -c command``; each stream is capped (``truncated`` says so)."""
+        """Run ``sh -c command``; each stream is capped (``truncated`` says so). A command still
+        running after ``timeout`` seconds (None: the runtime's default) is a result too: exit
+        code 124 and a ``... [timed out after Ns]`` line ending stderr (see
+        ``valetkey_hookspecs.boxes``)."""
         ...
 
     async def logs(self, box_id: str, tail: int = 200) -> str:
@@ -532,7 +538,8 @@ class BoxRuntime(Protocol):
         ...
 
     async def is_alive(self, container_id: str) -> bool:
-        """False when the container is confirmed gone or stopped; raise on a transient error."""
+        """False when the container is confirmed gone or stopped; raise on a transient error
+        (``RuntimeUnavailable`` when the engine cannot be reached)."""
         ...
 
     async def close(self) -> None:
@@ -766,8 +773,12 @@ class CredentialBroker(Protocol):
     current credentials. ``kernel.broker`` is the selected one, shared by everything in a process
     so concurrent vends of a connection share one in-flight refresh."""
 
-    async def vend(self, owner: str, connection_id: str, *, actor: str = "api") -> Secret:
-        """The connection's current secret, refreshed first when close to expiry.
+    async def vend(
+        self, owner: str, connection_id: str, *, actor: str = "api", audit: bool = True
+    ) -> Secret:
+        """The connection's current secret, refreshed first when close to expiry. Each vend is
+        audited unless ``audit=False`` (a caller that records every use itself, such as the
+        proxy's request log, and audits the grant once).
 
         :raises NotFound: no such connection for this owner, or it has no credential yet.
         :raises Revoked: the connection was revoked.

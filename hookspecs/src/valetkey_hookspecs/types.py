@@ -339,7 +339,8 @@ class BoxFile:
 
 @dataclass(frozen=True, slots=True)
 class BoxSpec:
-    """What a box runtime is asked to create."""
+    """What a box runtime is asked to create. ``None`` limits and network mean the runtime's
+    configured default (4096 MiB, 2 CPUs, 4096 pids unless its plugin config says otherwise)."""
 
     box_id: str
     image: str
@@ -347,9 +348,9 @@ class BoxSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     files: tuple[BoxFile, ...] = ()
     command: tuple[str, ...] | None = None
-    memory_mib: int = 4096
-    cpus: float = 2.0
-    pids: int = 4096
+    memory_mib: int | None = None
+    cpus: float | None = None
+    pids: int | None = None
     network: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     stdin_open: bool = True

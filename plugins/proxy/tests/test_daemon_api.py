@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 
 import httpx
 import msgspec
@@ -81,6 +82,7 @@ BAD = [
     ("DELETE", "/v1/runs/" + "cd" * 32, b"", 404, "no run"),
     ("POST", "/v1/routes/agent", b'{"services": {"web": "ftp://x"}}', 400, "http"),
     ("POST", "/v1/routes/agent", b'{"services": []}', 400, "services"),
+    ("POST", "/v1/routes/agent", b'{"services": {"a.b": "http://x"}}', 400, "not valid"),
     ("POST", "/v1/routes/bad%20agent", b'{"services": {"a": "http://x"}}', 400, "agent"),
     ("DELETE", "/v1/routes/nobody", b"", 404, "no routes"),
     ("GET", "/v1/nope", b"", 404, "no endpoint"),
@@ -128,12 +130,40 @@ def test_oversize_body_is_413(daemon, raw):
     assert daemon.list_runs() == before
 
 
-def test_route_table(daemon):
-    services = {"web": "http://127.0.0.1:3000", "db-ui": "https://localhost:8081/x"}
-    assert daemon.register_routes("agent-1", services)["services"] == services
-    assert daemon.health()["route_agents"] == 1
-    assert daemon.unregister_routes("agent-1")["removed"] is True
-    assert daemon.health()["route_agents"] == 0
+def test_route_table_serves_an_agents_services_by_name(daemon):
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Service(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = f"service saw {self.path} host={self.headers['Host']}".encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    service = ThreadingHTTPServer(("127.0.0.1", 0), Service)
+    threading.Thread(target=service.serve_forever, daemon=True).start()
+    try:
+        port = daemon.health()["proxy_port"]
+        web = f"http://127.0.0.1:{service.server_address[1]}/app"
+        services = {"web": web, "db-ui": "https://localhost:8081/x"}
+        assert daemon.register_routes("agent-1", services)["services"] == services
+        assert daemon.health()["route_agents"] == 1
+        proxy = f"http://127.0.0.1:{port}"
+        got = httpx.get(f"{proxy}/page?q=1", headers={"Host": f"web.agent-1.localhost:{port}"})
+        assert got.status_code == 200
+        assert got.text == f"service saw /app/page?q=1 host=127.0.0.1:{service.server_address[1]}"
+        unknown = httpx.get(f"{proxy}/page", headers={"Host": f"api.agent-1.localhost:{port}"})
+        assert unknown.status_code == 404
+        assert daemon.unregister_routes("agent-1")["removed"] is True
+        assert daemon.health()["route_agents"] == 0
+        gone = httpx.get(f"{proxy}/page", headers={"Host": f"web.agent-1.localhost:{port}"})
+        assert gone.status_code == 404
+    finally:
+        service.shutdown()
 
 
 def test_restore_failures_are_skipped_and_reported(env):

@@ -401,6 +401,18 @@ async def test_oversize_body_gets_413(tmp_path: Path) -> None:
         await _close_env(env)
 
 
+async def test_expect_continue_without_a_run_token_is_refused_before_the_body(env: Env) -> None:
+    for auth in ("", "Proxy-Authorization: Basic bm9ib2R5Om5vcGU=\r\n"):
+        data = (
+            f"POST http://127.0.0.1:{env.up.port}/echo HTTP/1.1\r\nHost: a\r\n{auth}"
+            "Content-Length: 100000\r\nExpect: 100-continue\r\n\r\n"
+        ).encode()
+        status, headers, _ = _head(await H.raw_exchange(env.proxy.port, data))
+        assert status == 407  # not "100 Continue": the body is never asked for
+        assert headers["connection"] == "close"
+    assert env.up.seen == []
+
+
 async def test_expect_continue_is_answered(env: Env) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", env.proxy.port)
     try:

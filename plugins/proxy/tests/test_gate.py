@@ -249,6 +249,28 @@ async def test_injects_on_bound_hosts_only_with_headers_removed_and_merged(kerne
     assert elsewhere.headers == [("Accept", "*/*")] and verdict.block is None
 
 
+async def test_the_grant_is_audited_once_and_each_request_goes_to_the_request_log(
+    kernel, gate, log
+):
+    a = await acme(kernel)
+    run = await gate.prepare(RunSpec(owner="ann", grants=["acme"], run_id="agent-1"))
+
+    async def vends():
+        return [
+            e
+            for e in await kernel.store.audit.list(limit=100)
+            if e.action == "vend" and e.connection_id == a.id
+        ]
+
+    assert [e.actor for e in await vends()] == ["proxy:agent-1"]
+    for _ in range(3):
+        r = req("api.acme.test")
+        verdict = await gate.on_request(run, r)
+        gate.on_complete(run, r, verdict, Outcome(200, 0, 0, 0.5))
+    assert len(await vends()) == 1
+    assert [e["rule"] for _, e in log.entries] == ["inject:acme"] * 3
+
+
 async def test_api_key_and_secret_placed_by_the_connector_format(kernel, gate):
     await connect(kernel, "keyco", api_key="keyco-real-key-5678", api_secret="keyco-sec-90")
     run = await gate.prepare(RunSpec(owner="ann", grants=["keyco"]))

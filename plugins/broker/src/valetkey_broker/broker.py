@@ -186,8 +186,13 @@ class Broker:
 
     # ------------------------------------------------------------------ vend
 
-    async def vend(self, owner: str, connection_id: str, *, actor: str = "api") -> Secret:
-        """The connection's current secret, refreshed first when it is close to expiry."""
+    async def vend(
+        self, owner: str, connection_id: str, *, actor: str = "api", audit: bool = True
+    ) -> Secret:
+        """The connection's current secret, refreshed first when it is close to expiry.
+
+        ``audit=False`` is for callers that keep their own per-use record (the proxy's request
+        log) and audit the grant once; refreshes and re-auth are audited either way."""
         conn, cred = await self.store.credentials.get_with_connection(connection_id, owner)
         _check_status(conn)
         if cred is None:
@@ -202,7 +207,8 @@ class Broker:
             await self._needs_reauth(
                 conn, "the access token expired and there is no refresh token", actor
             )
-        await self._audit.append(AuditEntry("vend", actor, owner, conn.id))
+        if audit:
+            await self._audit.append(AuditEntry("vend", actor, owner, conn.id))
         return secret
 
     async def refresh(self, owner: str, connection_id: str, *, actor: str = "cli") -> Secret:

@@ -10,9 +10,12 @@ Endpoints (JSON in, JSON out; errors are ``{"error": code, "message": text}``):
 - ``GET /v1/runs`` → ``{"runs": [run info]}``: never a token, never a credential
 - ``PATCH /v1/runs/{token}`` ``{container_id}`` → the run's info
 - ``DELETE /v1/runs/{token}`` → the removed run's info
+- ``DELETE /v1/runs/by-id/{run_id}`` → the same, by run id (for owners that keep no token, such
+  as the box manager: whoever can reach this 0600 socket owns every run anyway)
 - ``GET|POST|DELETE /v1/routes/{agent}`` ``{services: {name: url}}``: the per-agent service
-  route table — named local services (a dev server, a database UI) an agent reaches by name
-  through the proxy; kept in memory only (an agent registers its routes when it starts)
+  route table — named services (a dev server, a database UI) reachable as
+  ``http://<name>.<agent>.localhost:<proxy port>/`` (``routing.py``); kept in memory only (an
+  agent registers its routes when it starts)
 - ``POST /v1/shutdown`` → 202, then the daemon stops gracefully
 
 Errors: unknown token → 404; bad JSON or wrong types → 400; a body over 64 KiB → 413; a run
@@ -46,6 +49,7 @@ from starlette.routing import Route
 from valetkey_hookspecs import ValetkeyError
 from valetkey_hookspecs.redaction import redact_text
 
+from .routing import RouteTable
 from .runs import Registry, Run, RunSpec, is_token
 
 log = logging.getLogger("valetkey.proxy.api")
@@ -53,6 +57,8 @@ log = logging.getLogger("valetkey.proxy.api")
 #: the largest request body the management API reads
 MAX_BODY = 64 * 1024
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: a service name is one DNS label: it is the first label of ``<service>.<agent>.localhost``
+_SERVICE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 
 
 class RunGate(Protocol):
@@ -71,33 +77,6 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
-
-
-class RouteTable:
-    """Per-agent named services: ``agent → {service name → base URL}`` (in memory)."""
-
-    def __init__(self) -> None:
-        self._routes: dict[str, dict[str, str]] = {}
-
-    def set(self, agent: str, services: dict[str, str]) -> None:
-        """Replace ``agent``'s services."""
-        self._routes[agent] = dict(services)
-
-    def remove(self, agent: str) -> bool:
-        """Forget ``agent``; False when it had no routes."""
-        return self._routes.pop(agent, None) is not None
-
-    def get(self, agent: str) -> dict[str, str] | None:
-        """``agent``'s services."""
-        services = self._routes.get(agent)
-        return None if services is None else dict(services)
-
-    def lookup(self, agent: str, service: str) -> str | None:
-        """The URL of ``agent``'s ``service``."""
-        return self._routes.get(agent, {}).get(service)
-
-    def __len__(self) -> int:
-        return len(self._routes)
 
 
 @dataclass
@@ -256,6 +235,15 @@ def build_api(state: DaemonState) -> Starlette:
         log.info("run %s unregistered", run.run_id)
         return JSONResponse(run.info())
 
+    async def unregister_run_id(request: Request) -> JSONResponse:
+        run_id = request.path_params["run_id"]
+        run = state.registry.by_id(run_id)
+        if run is None:
+            raise ApiError(404, "not_found", f"no run {run_id!r}")
+        state.registry.remove(run.token)
+        log.info("run %s unregistered by id", run.run_id)
+        return JSONResponse(run.info())
+
     async def routes(request: Request) -> JSONResponse:
         agent = _agent(request)
         if request.method == "GET":
@@ -272,7 +260,7 @@ def build_api(state: DaemonState) -> Starlette:
         if not isinstance(services, dict) or not services:
             raise ApiError(400, "invalid_input", "services must be a non-empty object")
         for name, url in services.items():
-            if not _NAME.match(name):
+            if not isinstance(name, str) or not _SERVICE.match(name):
                 raise ApiError(400, "invalid_input", f"service name {name!r} is not valid")
             if not isinstance(url, str) or not _is_url(url):
                 raise ApiError(400, "invalid_input", f"service {name!r}: url must be http(s)://")
@@ -302,6 +290,7 @@ def build_api(state: DaemonState) -> Starlette:
             Route("/v1/runs", list_runs, methods=["GET"]),
             Route("/v1/runs/{token}", update_run, methods=["PATCH"]),
             Route("/v1/runs/{token}", unregister_run, methods=["DELETE"]),
+            Route("/v1/runs/by-id/{run_id}", unregister_run_id, methods=["DELETE"]),
             Route("/v1/routes/{agent}", routes, methods=["GET", "POST", "DELETE"]),
             Route("/v1/shutdown", shutdown, methods=["POST"]),
         ],

@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -171,6 +172,13 @@ class DaemonClient(_Base):
         result: dict[str, Any] = self._call("DELETE", f"/v1/runs/{token}", what="unregistering")
         return result
 
+    def unregister_run_id(self, run_id: str) -> dict[str, Any]:
+        """``DELETE /v1/runs/by-id/{run_id}``."""
+        result: dict[str, Any] = self._call(
+            "DELETE", f"/v1/runs/by-id/{quote(run_id, safe='')}", what="unregistering"
+        )
+        return result
+
     def register_routes(self, agent: str, services: dict[str, str]) -> dict[str, Any]:
         """``POST /v1/routes/{agent}``."""
         result: dict[str, Any] = self._call(
@@ -249,6 +257,13 @@ class AsyncDaemonClient(_Base):
         """``DELETE /v1/runs/{token}``."""
         result: dict[str, Any] = await self._call(
             "DELETE", f"/v1/runs/{token}", what="unregistering"
+        )
+        return result
+
+    async def unregister_run_id(self, run_id: str) -> dict[str, Any]:
+        """``DELETE /v1/runs/by-id/{run_id}``."""
+        result: dict[str, Any] = await self._call(
+            "DELETE", f"/v1/runs/by-id/{quote(run_id, safe='')}", what="unregistering"
         )
         return result
 

@@ -125,6 +125,7 @@ async def serve_daemon(kernel: KernelAPI, *, ready: asyncio.Event | None = None)
     from .ca import LocalCA
     from .gate import Gate
     from .mcp_relay import McpRelay
+    from .routing import RouteTable, ServiceRouter
     from .server import ProxyServer
     from .upstream import upstream_ssl_context
 
@@ -146,6 +147,8 @@ async def serve_daemon(kernel: KernelAPI, *, ready: asyncio.Event | None = None)
         mcp = McpRelay(kernel, upstream_ssl, config=config, vend=gate.vend)
         gate.local_handlers[aws.PREFIX] = aws_credentials.handle
         gate.local_handlers[mcp_relay.PREFIX] = mcp.handle
+        routes = RouteTable()
+        gate.router = ServiceRouter(routes, upstream_ssl)
         registry.subscribe(
             lambda event, run: aws_credentials.forget(run) if event == "removed" else None
         )
@@ -182,6 +185,7 @@ async def serve_daemon(kernel: KernelAPI, *, ready: asyncio.Event | None = None)
             ca_cert=str(ca.cert_path),
             ca_bundle=str(ca.bundle_path),
             on_shutdown=stop.set,
+            routes=routes,
         )
         server = None
         serving: asyncio.Task[None] | None = None
@@ -255,6 +259,7 @@ async def serve_daemon(kernel: KernelAPI, *, ready: asyncio.Event | None = None)
                     await asyncio.wait_for(serving, 10)
             await proxy.close()
             await mcp.aclose()
+            await gate.router.aclose()
             aws_credentials.close()
             if persist is not None:
                 await persist.flush()

@@ -43,6 +43,7 @@ from valetkey_hookspecs.redaction import redact_text
 from .config import ProxyConfig
 from .exchange import Outcome, Request, Response, Verdict
 from .hosts import HostPattern, first_match, parse_all
+from .routing import ServiceRouter
 from .runs import Registry, Run, RunSpec, is_token, new_run_id, new_token, placeholder_for
 
 log = logging.getLogger("valetkey.proxy")
@@ -130,6 +131,8 @@ class Gate:
         }
         #: local endpoints by path prefix (``/_aws/``, ``/mcp/``): ``handler(request, run)``
         self.local_handlers: dict[str, LocalHandler] = {}
+        #: agents' named services (``/v1/routes/{agent}``)
+        self.router: ServiceRouter | None = None
 
     # ------------------------------------------------------------------ runs
 
@@ -145,6 +148,7 @@ class Gate:
                 f"network_policy {spec.network_policy!r}: expected one of {', '.join(POLICIES)}"
             )
         token = token or new_token()
+        run_id = spec.run_id or new_run_id()
         allow = parse_all(spec.network_allow)
         transformers = []
         for t in spec.response_transformers:
@@ -160,9 +164,9 @@ class Gate:
             seen.add(grant)
             conn = await self._connection_for(owner, grant)
             if conn.connector == AWS_CONNECTOR:
-                aws_connection_id = await self._bind_aws(owner, grant, conn, spec)
+                aws_connection_id = await self._bind_aws(owner, grant, conn, spec, run_id)
                 continue
-            bindings.append(await self._bind(owner, grant, conn, token))
+            bindings.append(await self._bind(owner, grant, conn, token, run_id))
         self._check_mcp_servers(spec, bindings)
         if spec.scrub:
             scrub = self._kernel.response_transformer("response-scrub")
@@ -178,7 +182,7 @@ class Gate:
             by_placeholder={b.placeholder: b for b in bindings},
             aws_connection_id=aws_connection_id,
         )
-        run = Run(spec=spec, token=token, run_id=spec.run_id or new_run_id())
+        run = Run(spec=spec, token=token, run_id=run_id)
         run.container_id = spec.container_id
         run.resolved = resolved
         return run
@@ -202,7 +206,9 @@ class Gate:
                     + (" (or is the aws grant)" if server.grant in spec.grants else "")
                 )
 
-    async def _bind_aws(self, owner: str, grant: str, conn: Connection, spec: RunSpec) -> str:
+    async def _bind_aws(
+        self, owner: str, grant: str, conn: Connection, spec: RunSpec, run_id: str
+    ) -> str:
         """The aws grant signs nothing itself: its access key assumes ``spec.aws.role_arn`` and
         the run reads short-lived credentials from ``/_aws/credentials``."""
         if spec.aws is None:
@@ -210,10 +216,12 @@ class Gate:
                 f"grant {grant!r}: an aws grant needs a role to assume (aws.role_arn, "
                 "'valetkey run --aws-role ARN')"
             )
-        await self._kernel.broker.vend(owner, conn.id, actor="proxy")
+        await self._kernel.broker.vend(owner, conn.id, actor=f"proxy:{run_id}")
         return conn.id
 
-    async def _bind(self, owner: str, grant: str, conn: Connection, token: str) -> Binding:
+    async def _bind(
+        self, owner: str, grant: str, conn: Connection, token: str, run_id: str
+    ) -> Binding:
         connector = self._kernel.connectors.get(conn.connector)
         injection = connector.injection
         if injection is None or not injection.hosts:
@@ -223,7 +231,7 @@ class Gate:
             )
         # vend once: a grant that cannot produce a credential fails the registration, not the
         # agent's first request
-        await self._kernel.broker.vend(owner, conn.id, actor="proxy")
+        await self._kernel.broker.vend(owner, conn.id, actor=f"proxy:{run_id}")
         return Binding(
             grant=grant,
             connector=connector,
@@ -267,7 +275,7 @@ class Gate:
         return env
 
     def placeholders(self, run: Run) -> dict[str, str]:
-        """Grant → placeholder (for ``valetkey run --json`` and the API)."""
+        """Grant → placeholder (the management API's ``placeholders``)."""
         resolved: Resolved = run.resolved
         return {b.grant: b.placeholder for b in resolved.bindings}
 
@@ -398,7 +406,11 @@ class Gate:
         self._log.record(run.run_id, entry)
 
     async def local(self, request: Request, proxy_authorization: str | None) -> Response | None:
-        """Requests to the proxy itself: dispatched by path prefix to ``local_handlers``."""
+        """Requests to the proxy itself: an agent's named service by host
+        (``<service>.<agent>.localhost``, see ``routing.py``), else by path prefix to
+        ``local_handlers``."""
+        if self.router is not None and (base := self.router.target(request.host)) is not None:
+            return await self.router.forward(request, base)
         for prefix, handler in self.local_handlers.items():
             if request.target.startswith(prefix):
                 run = self.authenticate(proxy_authorization) or self._run_from_authorization(
@@ -450,17 +462,21 @@ class Gate:
 
     async def vend(self, run: Run, binding: Binding) -> Secret:
         """The binding's current secret; a slug grant whose connection was replaced is
-        re-resolved once (re-granted), so the new connection is used at once."""
+        re-resolved once (re-granted), so the new connection is used at once. Not audited per
+        request: ``prepare`` audits the grant (a ``vend`` by ``proxy``) and the run's request
+        log records every use."""
         broker = self._kernel.broker
         owner = run.spec.owner
         try:
-            return await broker.vend(owner, binding.connection_id, actor=f"proxy:{run.run_id}")
+            return await broker.vend(
+                owner, binding.connection_id, actor=f"proxy:{run.run_id}", audit=False
+            )
         except (NotFound, Revoked):
             if binding.grant.startswith("conn_"):
                 raise
             conn = await self._connection_for(owner, binding.grant)
             binding.connection_id = conn.id
-            return await broker.vend(owner, conn.id, actor=f"proxy:{run.run_id}")
+            return await broker.vend(owner, conn.id, actor=f"proxy:{run.run_id}", audit=False)
 
     @staticmethod
     def _inject(request: Request, binding: Binding, secret: Secret, ctx: Context) -> None:

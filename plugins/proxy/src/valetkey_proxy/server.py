@@ -148,6 +148,7 @@ class _Message:
         "method",
         "started",
         "too_large",
+        "unauthenticated",
         "url",
         "version",
     )
@@ -161,6 +162,7 @@ class _Message:
         self.keep_alive = True
         self.expect_continue = False
         self.too_large = False
+        self.unauthenticated = False
         self.headers_done = False
         self.error = ""
         self.started = started
@@ -625,7 +627,9 @@ class ClientConnection(asyncio.Protocol):
             elif lk == "expect" and value.strip().lower() == "100-continue":
                 msg.expect_continue = True
         if msg.expect_continue:
-            if msg.too_large:  # answer 413 now rather than read a body we refuse
+            if not msg.too_large and self._refuse_before_body(msg):
+                msg.unauthenticated = True
+            if msg.too_large or msg.unauthenticated:  # answer now, not after a body we refuse
                 msg.keep_alive = False
                 self.msg = None
                 self.queue.append(msg)
@@ -636,6 +640,17 @@ class ClientConnection(asyncio.Protocol):
                 self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
             else:
                 self.continue_pending = msg
+
+    def _refuse_before_body(self, msg: _Message) -> bool:
+        """A forward-proxied request that asks ``100-continue`` without a valid run token is
+        answered 407 before its body is read (inside a tunnel the CONNECT was authenticated;
+        origin-form requests go to the local endpoints, which check their own header)."""
+        if self.tunnel is not None or msg.method == "CONNECT" or msg.url.startswith(b"/"):
+            return False
+        auth = next((v for k, v in msg.headers if k.lower() == "proxy-authorization"), None)
+        if auth is not None and auth == self.auth_value and self.auth_run is not None:
+            return False
+        return self.gate.authenticate(auth) is None
 
     def on_body(self, body: bytes) -> None:
         msg = self.msg
@@ -790,6 +805,9 @@ class ClientConnection(asyncio.Protocol):
         if msg.error:
             self.respond_text(400, "valetkey proxy: malformed request\n", keep=False)
             return False
+        if msg.unauthenticated:
+            self._proxy_auth_required(version, keep=False)
+            return False
         if msg.too_large:
             limit = self.server.max_request_body
             self.respond_text(
@@ -866,9 +884,11 @@ class ClientConnection(asyncio.Protocol):
     async def _local(self, msg: _Message, target: str) -> bool:
         headers, auth = _clean_request(msg.headers)
         server = self.server
-        request = Request(
-            msg.method, "http", server.host, server.port, target, headers, bytes(msg.body)
-        )
+        # the name the client addressed (``web.agent.localhost``): local endpoints route on it
+        named = next((v for k, v in msg.headers if k.lower() == "host"), "")
+        authority = _split_authority(named) if named else None
+        host = authority[0] if authority else (named.strip().lower() or server.host)
+        request = Request(msg.method, "http", host, server.port, target, headers, bytes(msg.body))
         try:
             response = await self.gate.local(request, auth)
         except Exception as exc:
