@@ -105,12 +105,20 @@ def test_bad_input_is_4xx_with_a_message_and_changes_nothing(
 
 def test_patch_with_bad_types_changes_nothing(daemon, raw):
     reg = daemon.register_run({"owner": "ann", "run_id": "p"})
+    daemon.update_run(reg["auth_token"], "container-7")
     before = daemon.list_runs()
-    for body in (b'{"container_id": 5}', b'{"container_id": ""}', b"nope"):
+    for body, message in (
+        (b'{"container_id": 5}', "non-empty string"),
+        (b'{"container_id": ""}', "non-empty string"),
+        (b"nope", "JSON"),
+        (b'{"containerId": "x"}', "container_id is required"),  # a typo never clears it
+        (b"{}", "container_id is required"),
+    ):
         response = raw.patch(f"/v1/runs/{reg['auth_token']}", content=body)
         assert response.status_code == 400, response.text
-        assert response.json()["message"]
+        assert message in response.json()["message"]
     assert daemon.list_runs() == before
+    assert before[0]["container_id"] == "container-7"
 
 
 def test_oversize_body_is_413(daemon, raw):

@@ -144,6 +144,13 @@ async def connect(kernel, slug, owner="ann", **secret):
     return conn
 
 
+async def ready(gate, spec, token=None):
+    """Prepare and register a run (what POST /v1/runs does)."""
+    run = await gate.prepare(spec, token)
+    gate._registry.add(run)
+    return run
+
+
 def req(host, target="/v1/things", port=443, headers=(), body=b"", method="GET"):
     return Request(method, "https", host, port, target, list(headers), body)
 
@@ -164,14 +171,14 @@ async def acme(kernel, token="acme-real-token-1234"):
 async def test_prepare_resolves_slugs_and_ids_and_derives_placeholders(kernel, gate):
     a = await acme(kernel)
     k = await connect(kernel, "keyco", api_key="keyco-real-key-5678", api_secret="keyco-sec-90")
-    run = await gate.prepare(RunSpec(owner="ann", grants=["acme", k.id]))
+    run = await ready(gate, RunSpec(owner="ann", grants=["acme", k.id]))
     assert len(run.token) == 64 and run.run_id.startswith("run_")
     env = gate.run_env(run)
     assert set(env) == {"ACME_TOKEN", "KEYCO_KEY"}
     assert all(v.startswith("vkph_") for v in env.values())
     assert "acme-real-token-1234" not in str(env) and "keyco-real-key" not in str(env)
     # a restored run (same token) gets the same placeholders
-    again = await gate.prepare(RunSpec(owner="ann", grants=["acme", k.id]), run.token)
+    again = await ready(gate, RunSpec(owner="ann", grants=["acme", k.id]), run.token)
     assert gate.run_env(again) == env
     assert [b.connection_id for b in run.resolved.bindings] == [a.id, k.id]
 
@@ -181,6 +188,7 @@ async def test_prepare_resolves_slugs_and_ids_and_derives_placeholders(kernel, g
     [
         (RunSpec(owner=""), InvalidInput, "a run needs an owner"),
         (RunSpec(owner="ann", network_policy="open"), InvalidInput, "expected one of permissive"),
+        (RunSpec(owner="ann", substitution="body"), InvalidInput, "expected one of headers"),
         (RunSpec(owner="ann", grants=["nope"]), NotFound, "nope"),
         (RunSpec(owner="ann", grants=["keyco"]), NotFound, "ann has no keyco connection"),
         (RunSpec(owner="ann", grants=["conn_missing"]), NotFound, "conn_missing"),
@@ -221,7 +229,7 @@ async def test_prepare_refuses_a_bad_token_and_foreign_or_unusable_grants(kernel
 
 async def test_injects_on_bound_hosts_only_with_headers_removed_and_merged(kernel, gate):
     await acme(kernel)
-    run = await gate.prepare(RunSpec(owner="ann", grants=["acme"]))
+    run = await ready(gate, RunSpec(owner="ann", grants=["acme"]))
     r = req(
         "api.acme.test",
         headers=[
@@ -253,7 +261,7 @@ async def test_the_grant_is_audited_once_and_each_request_goes_to_the_request_lo
     kernel, gate, log
 ):
     a = await acme(kernel)
-    run = await gate.prepare(RunSpec(owner="ann", grants=["acme"], run_id="agent-1"))
+    run = await ready(gate, RunSpec(owner="ann", grants=["acme"], run_id="agent-1"))
 
     async def vends():
         return [
@@ -273,16 +281,21 @@ async def test_the_grant_is_audited_once_and_each_request_goes_to_the_request_lo
 
 async def test_api_key_and_secret_placed_by_the_connector_format(kernel, gate):
     await connect(kernel, "keyco", api_key="keyco-real-key-5678", api_secret="keyco-sec-90")
-    run = await gate.prepare(RunSpec(owner="ann", grants=["keyco"]))
+    run = await ready(gate, RunSpec(owner="ann", grants=["keyco"], scrub=True))
     r = req("api.keyco.test")
-    await gate.on_request(run, r)
+    verdict = await gate.on_request(run, r)
     assert r.header("x-api-key") == "keyco-real-key-5678"
     assert r.header("x-api-secret") == "keyco-sec-90"
+    # both values go back to the placeholder when echoed
+    echo = Response(200, [("Content-Type", "text/plain")], b"keyco-real-key-5678 keyco-sec-90")
+    out = gate.on_response(run, r, echo, verdict)
+    ph = gate.run_env(run)["KEYCO_KEY"]
+    assert out.body == f"{ph} {ph}".encode()
 
 
 async def test_a_refreshed_token_is_used_on_the_next_request(kernel, gate, catalog):
     a = await acme(kernel)
-    run = await gate.prepare(RunSpec(owner="ann", grants=["acme"]))
+    run = await ready(gate, RunSpec(owner="ann", grants=["acme"]))
     await kernel.broker.refresh("ann", a.id)
     r = req("api.acme.test")
     await gate.on_request(run, r)
@@ -292,7 +305,7 @@ async def test_a_refreshed_token_is_used_on_the_next_request(kernel, gate, catal
 
 async def test_a_regranted_connection_is_used_at_once(kernel, gate):
     a = await acme(kernel)
-    run = await gate.prepare(RunSpec(owner="ann", grants=["acme"]))
+    run = await ready(gate, RunSpec(owner="ann", grants=["acme"]))
     await kernel.broker.delete("ann", a.id)
     await acme(kernel, token="acme-brand-new-token")
     r = req("api.acme.test")
@@ -302,7 +315,7 @@ async def test_a_regranted_connection_is_used_at_once(kernel, gate):
 
 async def test_a_revoked_grant_answers_502_saying_why_and_sends_nothing(kernel, gate):
     a = await acme(kernel)
-    run = await gate.prepare(RunSpec(owner="ann", grants=[a.id]))
+    run = await ready(gate, RunSpec(owner="ann", grants=[a.id]))
     await kernel.broker.revoke("ann", a.id)
     r = req("api.acme.test")
     verdict = await gate.on_request(run, r)
@@ -314,9 +327,78 @@ async def test_a_revoked_grant_answers_502_saying_why_and_sends_nothing(kernel, 
 # ------------------------------------------------------------------ placeholders
 
 
-async def test_placeholder_is_substituted_only_on_its_hosts(kernel, gate):
+async def test_by_default_placeholders_are_swapped_in_headers_only(kernel, gate):
     await acme(kernel)
-    run = await gate.prepare(RunSpec(owner="ann", grants=["acme"]))
+    run = await ready(gate, RunSpec(owner="ann", grants=["acme"]))
+    ph = gate.run_env(run)["ACME_TOKEN"]
+    r = req("api.acme.test", headers=[("X-Token", ph)])
+    assert (await gate.on_request(run, r)).block is None
+    assert r.header("x-token") == "acme-real-token-1234"
+    # a body, path or query placeholder could be stored or echoed by the API itself
+    for where, r in (
+        ("body", req("api.acme.test", body=f'{{"note": "{ph}"}}'.encode(), method="POST")),
+        ("query", req("api.acme.test", target=f"/v1/search?q={ph}")),
+        ("path", req("api.acme.test", target=f"/v1/{ph}/x")),
+    ):
+        before = (r.target, r.body)
+        verdict = await gate.on_request(run, r)
+        assert verdict.block == "placeholder:acme"
+        assert f"carries it in its {where}" in verdict.block_reason
+        assert (r.target, r.body) == before
+
+
+async def test_placeholder_sent_over_plain_http_or_injection_over_http_is_blocked(kernel, gate):
+    await acme(kernel)
+    run = await ready(gate, RunSpec(owner="ann", grants=["acme"]))
+    ph = gate.run_env(run)["ACME_TOKEN"]
+    plain = Request("GET", "http", "cdn.acme.test", 8443, "/", [("X-Token", ph)], b"")
+    verdict = await gate.on_request(run, plain)
+    assert verdict.block == "placeholder:acme" and "over HTTPS only" in verdict.block_reason
+    bare = Request("GET", "http", "cdn.acme.test", 8443, "/", [], b"")
+    verdict = await gate.on_request(run, bare)
+    assert verdict.block == "insecure:acme" and bare.header("authorization") is None
+    # a host mapped by upstream_map (tests, local stand-ins) is the operator's choice
+    mapped = Request("GET", "http", "api.acme.test", 80, "/", [], b"")
+    assert (await gate.on_request(run, mapped)).block is None
+    assert mapped.header("authorization") == "Bearer acme-real-token-1234"
+
+
+async def test_a_removed_or_replaced_run_is_refused_on_open_connections(kernel, gate):
+    await acme(kernel)
+    run = await ready(gate, RunSpec(owner="ann", grants=["acme"]))
+    gate._registry.remove(run.token)
+    r = req("api.acme.test")
+    verdict = await gate.on_request(run, r)
+    assert verdict.block == "run-ended" and r.header("authorization") is None
+    stricter = await ready(gate, RunSpec(owner="ann", network_policy="strict"), run.token)
+    assert (await gate.on_request(run, req("api.acme.test"))).block == "run-ended"
+    assert (await gate.on_request(stricter, req("api.acme.test"))).block == "network-policy"
+
+
+async def test_permissive_policy_still_keeps_this_machine_and_link_local_out(kernel, gate):
+    run = await ready(gate, RunSpec(owner="ann"))
+    for host in ("127.0.0.1", "localhost", "db.localhost", "169.254.169.254", "::1", "0.0.0.0"):
+        verdict = await gate.on_request(run, req(host, port=80))
+        assert verdict.block == "network-policy", host
+        assert "allow it with --allow" in verdict.block_reason
+    assert (await gate.on_request(run, req("10.0.0.5"))).block is None
+    allowed = await ready(gate, RunSpec(owner="ann", network_allow=["127.0.0.1:8080"]))
+    assert (await gate.on_request(allowed, req("127.0.0.1", port=8080))).block is None
+    assert (await gate.on_request(allowed, req("127.0.0.1", port=9090))).block == "network-policy"
+
+
+async def test_encoded_or_upper_cased_placeholders_sent_elsewhere_are_caught(kernel, gate):
+    await acme(kernel)
+    run = await ready(gate, RunSpec(owner="ann", grants=["acme"]))
+    ph = gate.run_env(run)["ACME_TOKEN"]
+    for target in (f"/x?t={ph.upper()}", "/x?t=" + ph.replace("_", "%5F")):
+        verdict = await gate.on_request(run, req("evil.test", target=target))
+        assert verdict.block == "placeholder:acme", target
+
+
+async def test_placeholder_is_substituted_anywhere_only_when_the_run_asks(kernel, gate):
+    await acme(kernel)
+    run = await ready(gate, RunSpec(owner="ann", grants=["acme"], substitution="anywhere"))
     ph = gate.run_env(run)["ACME_TOKEN"]
     r = req(
         "api.acme.test",
@@ -337,7 +419,7 @@ async def test_placeholder_is_substituted_only_on_its_hosts(kernel, gate):
 @pytest.mark.parametrize("where", ["target", "header", "body"])
 async def test_placeholder_sent_elsewhere_is_blocked_and_audited(kernel, gate, log, where):
     a = await acme(kernel)
-    run = await gate.prepare(RunSpec(owner="ann", grants=["acme"]))
+    run = await ready(gate, RunSpec(owner="ann", grants=["acme"]))
     ph = gate.run_env(run)["ACME_TOKEN"]
     r = req(
         "evil.test",
@@ -364,7 +446,7 @@ async def test_placeholder_sent_elsewhere_is_blocked_and_audited(kernel, gate, l
 async def test_another_grants_placeholder_on_a_bound_host_is_blocked(kernel, gate):
     await acme(kernel)
     await connect(kernel, "keyco", api_key="keyco-real-key-5678")
-    run = await gate.prepare(RunSpec(owner="ann", grants=["acme", "keyco"]))
+    run = await ready(gate, RunSpec(owner="ann", grants=["acme", "keyco"]))
     r = req("api.acme.test", headers=[("X-Other", gate.run_env(run)["KEYCO_KEY"])])
     verdict = await gate.on_request(run, r)
     assert verdict.block == "placeholder:keyco"
@@ -375,10 +457,11 @@ async def test_another_grants_placeholder_on_a_bound_host_is_blocked(kernel, gat
 
 async def test_strict_policy_allows_listed_and_granted_hosts_only(kernel, gate):
     await acme(kernel)
-    run = await gate.prepare(
+    run = await ready(
+        gate,
         RunSpec(
             owner="ann", grants=["acme"], network_policy="strict", network_allow=["*.pypi.test"]
-        )
+        ),
     )
     assert (await gate.on_request(run, req("files.pypi.test"))).block is None
     assert (await gate.on_request(run, req("api.acme.test"))).block is None
@@ -386,7 +469,7 @@ async def test_strict_policy_allows_listed_and_granted_hosts_only(kernel, gate):
     assert blocked.block == "network-policy" and "pypi.test:443" in blocked.block_reason
     assert gate.on_connect(run, "evil.test", 443).block == "network-policy"
     assert gate.on_connect(run, "files.pypi.test", 443).block is None
-    permissive = await gate.prepare(RunSpec(owner="ann"))
+    permissive = await ready(gate, RunSpec(owner="ann"))
     assert gate.on_connect(permissive, "evil.test", 443).block is None
 
 
@@ -415,17 +498,19 @@ async def test_authenticate_accepts_only_registered_tokens_in_basic_form(kernel,
 
 async def test_response_scrub_puts_placeholders_back_and_logs_redact(kernel, gate, log):
     await acme(kernel)
-    run = await gate.prepare(
+    run = await ready(
+        gate,
         RunSpec(
             owner="ann",
             grants=["acme"],
             response_transformers=[TransformerSpec("api.acme.test", "response-scrub")],
-        )
+        ),
     )
     ph = gate.run_env(run)["ACME_TOKEN"]
     r = req("api.acme.test", target="/echo")
     verdict = await gate.on_request(run, r)
     assert verdict.buffer_response == 512 * 1024
+    assert verdict.buffer_required  # never streamed past the scrubber, never encoded
     upstream = Response(
         200,
         [("Content-Type", "application/json"), ("X-Echo", "acme-real-token-1234")],
@@ -443,11 +528,12 @@ async def test_response_scrub_puts_placeholders_back_and_logs_redact(kernel, gat
 
 
 async def test_oauth_endpoint_workaround_only_touches_oauth_401_403(kernel, gate):
-    run = await gate.prepare(
+    run = await ready(
+        gate,
         RunSpec(
             owner="ann",
             response_transformers=[TransformerSpec("*.acme.test", "oauth-endpoint-workaround")],
-        )
+        ),
     )
     r = req("console.acme.test", target="/api/oauth/profile")
     verdict = await gate.on_request(run, r)
@@ -464,7 +550,7 @@ async def test_oauth_endpoint_workaround_only_touches_oauth_401_403(kernel, gate
 
 async def test_concurrent_requests_share_one_refresh(kernel, gate, catalog):
     a = await acme(kernel)
-    run = await gate.prepare(RunSpec(owner="ann", grants=["acme"]))
+    run = await ready(gate, RunSpec(owner="ann", grants=["acme"]))
     # the credential becomes due after the run was set up
     await kernel.broker.store_secret(
         "ann",

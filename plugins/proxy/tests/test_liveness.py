@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 import pytest
 
@@ -147,11 +148,39 @@ async def test_no_box_runtime_turns_liveness_off_with_one_log_line(tmp_path, mon
     checker = LivenessChecker(registry, kernel=kernel, interval=0.01)
     _run(registry, 1, "c-1")
     with caplog.at_level(logging.WARNING, logger="valetkey.proxy.liveness"):
-        await asyncio.wait_for(checker.run_forever(), 5)  # returns once it knows
+        task = asyncio.ensure_future(checker.run_forever())  # keeps going: client pids
+        await asyncio.sleep(0.1)
         await checker.check_once()
+        task.cancel()
     assert not checker.enabled and len(registry) == 1
     lines = [r for r in caplog.records if "liveness checks are off" in r.getMessage()]
     assert len(lines) == 1
+
+
+async def test_a_run_whose_client_process_is_gone_is_removed_without_a_runtime(
+    tmp_path, monkeypatch
+):
+    import subprocess
+    import sys
+
+    from valetkey_proxy.runs import RunSpec, process_started
+
+    kernel = _kernel(tmp_path, monkeypatch)
+    registry = Registry()
+    checker = LivenessChecker(registry, kernel=kernel, interval=0.01)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    started = process_started(child.pid)
+    mine = process_started(os.getpid())
+    gone = Run(RunSpec(owner="ann", client_pid=child.pid, client_started=started), "a" * 64, "r1")
+    alive = Run(RunSpec(owner="ann", client_pid=os.getpid(), client_started=mine), "b" * 64, "r2")
+    reused = Run(RunSpec(owner="ann", client_pid=os.getpid(), client_started=1), "c" * 64, "r3")
+    for run in (gone, alive, reused):
+        registry.add(run)
+    assert await checker.check_once() == [reused]  # same pid, another start time: not it
+    child.kill()
+    child.wait()
+    assert await checker.check_once() == [gone]
+    assert [r.run_id for r in registry] == ["r2"]
 
 
 async def test_idle_timer_follows_the_registry():

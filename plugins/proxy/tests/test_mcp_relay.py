@@ -47,7 +47,9 @@ class Catalog:
                 name="Acme",
                 auth=AuthSpec(type=AuthType.API_KEY),
                 injection=Injection(
-                    hosts=("api.acme.test",),
+                    # the local MCP servers these tests start: a grant's credential goes only
+                    # to its own hosts, MCP servers included
+                    hosts=("api.acme.test", "127.0.0.1", "localhost"),
                     env_var="ACME_TOKEN",
                     remove_headers=("X-Agent-Key",),
                     add_headers={"X-Acme-Client": "valetkey"},
@@ -412,6 +414,10 @@ async def test_no_or_a_wrong_run_token_is_401(kernel, gate, registry, relay, ups
         (
             [McpServerSpec("acme", "http://mcp.acme.test/mcp", grant="acme")],
             "mcp server 'acme': its url must be https:// (plain http:// only to a loopback host)",
+        ),
+        (
+            [McpServerSpec("acme", "https://attacker.example/mcp", grant="acme")],
+            "mcp server 'acme': attacker.example is not one of grant 'acme''s hosts",
         ),
         (
             [McpServerSpec("gh", "https://mcp.gh.test/mcp", grant="other")],

@@ -96,8 +96,9 @@ def test_command_not_found_is_127(env):
 def test_bad_arguments_are_one_line_errors(env):
     result = env.cli("run")
     assert result.returncode == 2 and "give a command" in result.stderr
-    result = env.cli("run", "--allow", "x.test", "--", "true")
-    assert result.returncode == 2 and "--strict" in result.stderr
+    result = env.cli("run", "--allow", "https://x.test", "--", "true")
+    assert result.returncode != 0 and "expected host, *.domain or host:port" in result.stderr
+    assert _runs(env) == []
     result = env.cli("run", "--grant", "github", "--", "true")
     assert result.returncode != 0 and "no github connection" in result.stderr
 
@@ -187,7 +188,21 @@ def test_traffic_goes_through_the_proxy_and_is_logged(env):
         f"print(urllib.request.urlopen('http://127.0.0.1:{port}/things?x=1').read().decode())"
     )
     try:
-        result = env.cli("run", "--run-id", "traffic", "--", sys.executable, "-c", fetch)
+        # this machine is off limits unless allowed (an agent must not reach local services)
+        refused = env.cli("run", "--", sys.executable, "-c", fetch)
+        assert refused.returncode != 0 and "407" in refused.stderr
+        assert _Upstream.seen == []
+        result = env.cli(
+            "run",
+            "--run-id",
+            "traffic",
+            "--allow",
+            f"127.0.0.1:{port}",
+            "--",
+            sys.executable,
+            "-c",
+            fetch,
+        )
     finally:
         upstream.shutdown()
         thread.join(5)

@@ -137,9 +137,12 @@ def test_request_log_buffers_then_flushes_0600(tmp_path):
     log.record("run_a", {"i": "after close"})  # dropped
     entries = list(follow(path))
     assert [e["i"] for e in entries] == list(range(100))
-    assert not log_name("../../escape").startswith(".")
-    assert [p.name for p in (tmp_path / "logs").iterdir()] != []
-    assert all(p.parent == tmp_path / "logs" for p in (tmp_path / "logs").iterdir())
+    escaped = log_name("../../escape")
+    assert "/" not in escaped and not escaped.startswith(".")
+    # the odd run id was written inside logs/, and nothing appeared anywhere else
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == sorted(["run_a.jsonl", escaped])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs"]
+    assert not (tmp_path.parent / "escape.jsonl").exists()
     assert next(iter(follow("run_a", folder=tmp_path / "logs")))["i"] == 0
 
 

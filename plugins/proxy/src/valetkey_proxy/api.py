@@ -221,7 +221,9 @@ def build_api(state: DaemonState) -> Starlette:
     async def update_run(request: Request) -> JSONResponse:
         run = _run_of(state, request)
         data = await _body(request)
-        container_id = data.get("container_id")
+        if "container_id" not in data:  # a typo must not clear the container silently
+            raise ApiError(400, "invalid_input", "container_id is required (a string, or null)")
+        container_id = data["container_id"]
         if container_id is not None and (
             not isinstance(container_id, str) or not container_id or len(container_id) > 256
         ):

@@ -293,7 +293,10 @@ def json_dumps(entry: Mapping[str, Any]) -> str:
 def child_env(base: Mapping[str, str], registration: Mapping[str, Any]) -> dict[str, str]:
     """CMD's environment: ``base`` with the proxy, the CA and the run's placeholders set, and
     the variables that would bypass the proxy removed."""
-    env = {k: v for k, v in base.items() if k not in _BYPASS}
+    # no bypass of the proxy, and no way back to valetkey itself: CMD must not find the daemon's
+    # socket or the vault through VALETKEY_HOME / VALETKEY_CONFIG (it runs as the same user, so
+    # this is a guard against accidents and naive prompt injection, not a sandbox: use a box)
+    env = {k: v for k, v in base.items() if k not in _BYPASS and not k.startswith("VALETKEY_")}
     host = str(registration.get("proxy_host") or "127.0.0.1")
     if ":" in host:
         host = f"[{host}]"
@@ -374,8 +377,10 @@ def run(
     grant
         A connector slug (github) or a connection id of the owner; repeatable.
     allow
-        A host pattern the command may reach under --strict (api.example.com, *.example.com,
-        host:port); repeatable. Granted hosts are always allowed.
+        A host pattern the command may reach (api.example.com, *.example.com, host:port);
+        repeatable. Without --strict every host is reachable except this machine (127.0.0.1,
+        localhost) and link-local addresses (cloud metadata): allow those here. Granted hosts
+        are always allowed.
     strict
         Block every host that is neither granted nor allowed (the answer names the rule).
     owner
@@ -397,8 +402,6 @@ def run(
     """
     if not command:
         raise InvalidInput("give a command to run after --: valetkey run [--grant X] -- CMD ARGS")
-    if allow and not strict:
-        raise InvalidInput("--allow only matters with --strict (add --strict)")
     who = owner or default_owner()
     if not _OWNER.match(who):
         raise InvalidInput(f"invalid owner {who!r}")
@@ -429,13 +432,30 @@ def run(
         if "aws" not in spec["grants"]:
             spec["grants"].append("aws")
         spec["aws"] = {"role_arn": aws_role, "region": aws_region}
-    with ensure_running(_home()) as client:
-        registration = client.register_run(spec)
-        token = str(registration["auth_token"])
-        try:
-            return run_child(list(command), child_env(os.environ, registration))
-        finally:
+    from .runs import process_started
+
+    spec["client_pid"] = os.getpid()
+    started = process_started(os.getpid())
+    if started is not None:
+        spec["client_started"] = started
+    # a SIGTERM/SIGHUP between registering and starting CMD must still unregister (SIGKILL
+    # cannot be caught: the daemon's liveness check removes a run whose process is gone)
+    previous = {sig: signal.signal(sig, _exit_on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        with ensure_running(_home()) as client:
+            registration = client.register_run(spec)
+            token = str(registration["auth_token"])
             try:
-                client.unregister_run(token)
-            except (NotFound, DaemonUnavailable) as exc:  # the daemon restarted or went away
-                sys.stderr.write(f"valetkey: warning: could not unregister the run: {exc}\n")
+                return run_child(list(command), child_env(os.environ, registration))
+            finally:
+                try:
+                    client.unregister_run(token)
+                except (NotFound, DaemonUnavailable) as exc:  # the daemon restarted or left
+                    sys.stderr.write(f"valetkey: warning: could not unregister the run: {exc}\n")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)

@@ -26,7 +26,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from valetkey_hookspecs import Conflict, KernelAPI, ValetkeyError
+from valetkey_hookspecs import (
+    Conflict,
+    InvalidInput,
+    KernelAPI,
+    NotFound,
+    Revoked,
+    ValetkeyError,
+)
+from valetkey_hookspecs.redaction import redact_text
 
 from . import lockfile, runsfile
 from .api import DaemonState, build_api
@@ -95,18 +103,32 @@ def _proxy_host(listen_host: str) -> str:
     return listen_host
 
 
-async def restore(gate: Any, registry: Registry, specs: list[RunSpec]) -> list[dict[str, str]]:
-    """Re-prepare persisted runs with their tokens; return ``{"run_id", "error"}`` per failure."""
+async def restore(
+    gate: Any, registry: Registry, specs: list[RunSpec], concurrency: int = 16
+) -> tuple[list[dict[str, str]], list[RunSpec]]:
+    """Re-prepare persisted runs with their tokens (several at once). Returns one
+    ``{"run_id", "error"}`` per failure, and the specs worth keeping in ``runs.json`` for the
+    next start: those that failed for a reason that may pass (a provider down, a grant waiting
+    for re-auth), not those whose grant or connection is gone."""
     failures: list[dict[str, str]] = []
-    for spec in specs:
-        try:
-            run: Run = await gate.prepare(spec, spec.auth_token)
-        except ValetkeyError as exc:
-            failures.append({"run_id": spec.run_id, "error": str(exc)})
-            log.warning("run %s not restored: %s", spec.run_id or "?", exc)
-            continue
-        registry.add(run)
-    return failures
+    keep: list[RunSpec] = []
+    gate_limit = asyncio.Semaphore(concurrency)
+
+    async def one(spec: RunSpec) -> None:
+        async with gate_limit:
+            try:
+                run: Run = await gate.prepare(spec, spec.auth_token)
+            except ValetkeyError as exc:
+                message = redact_text(str(exc))
+                failures.append({"run_id": spec.run_id, "error": message})
+                log.warning("run %s not restored: %s", spec.run_id or "?", message)
+                if not isinstance(exc, NotFound | InvalidInput | Revoked):
+                    keep.append(spec)
+                return
+            registry.add(run)
+
+    await asyncio.gather(*(one(spec) for spec in specs))
+    return failures, keep
 
 
 def _previous_port(paths: ProxyPaths) -> int:
@@ -153,6 +175,13 @@ async def serve_daemon(kernel: KernelAPI, *, ready: asyncio.Event | None = None)
             lambda event, run: aws_credentials.forget(run) if event == "removed" else None
         )
         ca = await asyncio.to_thread(LocalCA.load_or_create, paths.ca, kernel.sealer)
+        # runs come back before the proxy listens: a restored token is never refused (407)
+        specs, problems = runsfile.load(paths.runs)
+        for problem in problems:
+            log.warning("%s", problem)
+        restore_failures, unrestored = await restore(gate, registry, specs)
+        if specs:
+            log.warning("restored %d of %d run(s) from %s", len(registry), len(specs), paths.runs)
 
         def make_proxy(port: int) -> ProxyServer:
             return ProxyServer(
@@ -187,6 +216,7 @@ async def serve_daemon(kernel: KernelAPI, *, ready: asyncio.Event | None = None)
             on_shutdown=stop.set,
             routes=routes,
         )
+        state.restore_failures = restore_failures
         server = None
         serving: asyncio.Task[None] | None = None
         liveness_task: asyncio.Task[None] | None = None
@@ -194,17 +224,13 @@ async def serve_daemon(kernel: KernelAPI, *, ready: asyncio.Event | None = None)
         sock: socket.socket | None = None
         sock_ino: int | None = None
         try:
-            specs, problems = runsfile.load(paths.runs)
-            for problem in problems:
-                log.warning("%s", problem)
-            state.restore_failures = await restore(gate, registry, specs)
-            if specs:
-                log.warning(
-                    "restored %d of %d run(s) from %s", len(registry), len(specs), paths.runs
-                )
-            persist = runsfile.RunsFile(
-                paths.runs, lambda: [r.persisted() for r in registry], config.persist_debounce
-            )
+
+            def persisted() -> list[RunSpec]:
+                live = [r.persisted() for r in registry]
+                tokens = {r.token for r in registry}
+                return live + [s for s in unrestored if s.auth_token not in tokens]
+
+            persist = runsfile.RunsFile(paths.runs, persisted, config.persist_debounce)
             registry.subscribe(lambda _event, _run: persist.changed() if persist else None)
 
             sock = bind_unix(paths.sock)

@@ -60,7 +60,18 @@ class Verdict:
     connect_to: tuple[str, int] | None = None
     #: >0: buffer a response body up to this many bytes and call ``gate.on_response``;
     #: larger (or unknown-length that grows larger) responses stream through untouched
+    #: (unless ``buffer_required``)
     buffer_response: int = 0
+    #: with ``buffer_response``: never stream a response past the limit (502 instead), and ask
+    #: the upstream for an unencoded body — a transformer that must see every byte relies on it.
+    #: The engine then sends ``Accept-Encoding: identity`` upstream (replacing the agent's) and
+    #: drops ``Range`` / ``If-Range``; a response body larger than ``buffer_response`` bytes (by
+    #: its Content-Length, or growing past it when chunked or close-delimited), or one with a
+    #: ``Content-Encoding`` other than ``identity``, is never sent on: the agent gets ``502`` with
+    #: ``X-Valetkey-Error: response-too-large`` and a short text body, the upstream connection
+    #: is closed, ``on_response`` is not called and ``on_complete`` gets status 502 and an
+    #: ``error``. Responses without a body (HEAD, 204, 304) pass as usual.
+    buffer_required: bool = False
     #: anything the gate wants back in ``on_response`` / ``on_complete``
     context: Any = None
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from valetkey_hookspecs import (
     Connection,
@@ -51,6 +52,7 @@ log = logging.getLogger("valetkey.proxy")
 PLACEHOLDER_MARK = "vkph_"
 _PLACEHOLDER_MARK_B = PLACEHOLDER_MARK.encode()
 POLICIES = ("permissive", "strict")
+SUBSTITUTIONS = ("headers", "anywhere")
 AWS_CONNECTOR = "aws"
 REDACTED = "[REDACTED]"
 
@@ -92,6 +94,8 @@ class Resolved:
     by_placeholder: dict[str, Binding]
     #: the ``aws`` grant's connection (access key id + secret), when the run has an aws role
     aws_connection_id: str | None = None
+    #: swap placeholders in the path, query and body too (not only in headers)
+    substitute_anywhere: bool = False
     #: (host, port) → the binding injected there (None: none), filled lazily
     binding_for: dict[tuple[str, int], Binding | None] = field(default_factory=dict)
     #: (host, port) → allowed under the network policy, filled lazily
@@ -143,6 +147,10 @@ class Gate:
             raise InvalidInput("a run needs an owner")
         if token is not None and not is_token(token):
             raise InvalidInput("auth_token must be 64 lower-case hex characters")
+        if spec.substitution not in SUBSTITUTIONS:
+            raise InvalidInput(
+                f"substitution {spec.substitution!r}: expected one of {', '.join(SUBSTITUTIONS)}"
+            )
         if spec.network_policy not in POLICIES:
             raise InvalidInput(
                 f"network_policy {spec.network_policy!r}: expected one of {', '.join(POLICIES)}"
@@ -181,6 +189,7 @@ class Gate:
             transformers=tuple(transformers),
             by_placeholder={b.placeholder: b for b in bindings},
             aws_connection_id=aws_connection_id,
+            substitute_anywhere=spec.substitution == "anywhere",
         )
         run = Run(spec=spec, token=token, run_id=run_id)
         run.container_id = spec.container_id
@@ -190,7 +199,7 @@ class Gate:
     @staticmethod
     def _check_mcp_servers(spec: RunSpec, bindings: list[Binding]) -> None:
         names: set[str] = set()
-        bound = {b.grant for b in bindings}
+        bound = {b.grant: b for b in bindings}
         for server in spec.mcp_servers:
             if not server.name or "/" in server.name or server.name in names:
                 raise InvalidInput(
@@ -199,11 +208,22 @@ class Gate:
             names.add(server.name)
             if (problem := url_problem(server.url)) is not None:
                 raise InvalidInput(f"mcp server {server.name!r}: {problem}")
-            if server.grant is not None and server.grant not in bound:
+            if server.grant is None:
+                continue
+            binding = bound.get(server.grant)
+            if binding is None:
                 raise InvalidInput(
                     f"mcp server {server.name!r}: grant {server.grant!r} is not among the "
                     "run's grants"
                     + (" (or is the aws grant)" if server.grant in spec.grants else "")
+                )
+            parts = urlsplit(server.url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            if first_match(binding.patterns, (parts.hostname or "").lower(), port) is None:
+                hosts = ", ".join(p.text for p in binding.patterns)
+                raise InvalidInput(
+                    f"mcp server {server.name!r}: {parts.hostname} is not one of grant "
+                    f"{server.grant!r}'s hosts ({hosts}); its credential goes nowhere else"
                 )
 
     async def _bind_aws(
@@ -298,7 +318,7 @@ class Gate:
     def on_connect(self, run: Run, host: str, port: int) -> Verdict:
         """A CONNECT is refused only by the network policy (placeholders are checked inside)."""
         if not self._allowed(run.resolved, host, port):
-            return _blocked_by_policy(host, port)
+            return _blocked_by_policy(host, port, run.resolved.strict)
         return Verdict()
 
     async def on_request(self, run: Run, request: Request) -> Verdict:
@@ -317,34 +337,61 @@ class Gate:
         resolved: Resolved = run.resolved
         host, port = request.host, request.port
         ctx = Context(started=time.perf_counter(), logged_target=request.target)
+        if self._registry.lookup(run.token) is not run:
+            # unregistered (or re-registered) while this connection stayed open
+            ctx.rule = "blocked:run-ended"
+            return Verdict(
+                block="run-ended", block_reason="this run is no longer registered", context=ctx
+            )
         if not self._allowed(resolved, host, port):
-            verdict = _blocked_by_policy(host, port)
+            verdict = _blocked_by_policy(host, port, resolved.strict)
             ctx.rule = f"blocked:{verdict.block}"
             verdict.context = ctx
             return verdict
         binding = self._binding(resolved, host, port)
+        secure = request.scheme == "https" or host in self._upstream_map
         secrets_by_grant: dict[str, Secret] = {}
         if resolved.by_placeholder and _mentions_placeholder(request):
-            found = _placeholders_in(request, resolved.by_placeholder)
-            for other in found:
+            for other, where in _placeholders_in(request, resolved.by_placeholder):
+                reason = None
                 if other is not binding:
-                    await self._audit_leak(run, other, host, port)
+                    reason = (
+                        f"the placeholder of grant {other.grant!r} may only be sent to "
+                        f"{', '.join(p.text for p in other.patterns)}, not {host}"
+                    )
+                elif where != "header" and not resolved.substitute_anywhere:
+                    reason = (
+                        f"the placeholder of grant {other.grant!r} is only swapped in headers; "
+                        f"this request carries it in its {where} (register the run with "
+                        "substitution 'anywhere' to allow it)"
+                    )
+                elif not secure:
+                    reason = (
+                        f"valetkey sends the credential of grant {other.grant!r} over HTTPS only"
+                    )
+                if reason is not None:
+                    await self._audit_leak(run, other, host, port, where)
                     ctx.rule = f"blocked:placeholder:{other.grant}"
                     return Verdict(
-                        block=f"placeholder:{other.grant}",
-                        block_reason=(
-                            f"the placeholder of grant {other.grant!r} may only be sent to "
-                            f"{', '.join(p.text for p in other.patterns)}, not {host}"
-                        ),
-                        context=ctx,
+                        block=f"placeholder:{other.grant}", block_reason=reason, context=ctx
                     )
-            if binding is not None and binding in found:
+            if binding is not None:
                 secret = await self.vend(run, binding)
                 secrets_by_grant[binding.grant] = secret
                 _substitute(request, binding.placeholder, secret.token or "")
                 ctx.scrub[secret.token or ""] = binding.placeholder
                 ctx.rule = f"substitute:{binding.grant}"
         if binding is not None:
+            if not secure:
+                ctx.rule = f"blocked:insecure:{binding.grant}"
+                return Verdict(
+                    block=f"insecure:{binding.grant}",
+                    block_reason=(
+                        f"valetkey adds the credential of grant {binding.grant!r} over HTTPS "
+                        f"only: use https://{host}"
+                    ),
+                    context=ctx,
+                )
             secret = secrets_by_grant.get(binding.grant) or await self.vend(run, binding)
             self._inject(request, binding, secret, ctx)
             ctx.rule = ctx.rule or f"inject:{binding.grant}"
@@ -354,6 +401,9 @@ class Gate:
                 if pattern.matches(host, port):
                     ctx.transformers.append((kind, transformer))
                     verdict.buffer_response = max(verdict.buffer_response, transformer.max_body)
+            if ctx.transformers:
+                # a transformer must see the whole, unencoded body: never stream it past one
+                verdict.buffer_required = True
         return verdict
 
     def on_response(
@@ -435,14 +485,18 @@ class Gate:
         return self._registry.lookup(token) if is_token(token) else None
 
     def _allowed(self, resolved: Resolved, host: str, port: int) -> bool:
-        if not resolved.strict:
-            return True
         key = (host, port)
         allowed = resolved.allowed.get(key)
         if allowed is None:
-            allowed = first_match(resolved.allow, host, port) is not None or any(
+            listed = first_match(resolved.allow, host, port) is not None or any(
                 first_match(b.patterns, host, port) for b in resolved.bindings
             )
+            if resolved.strict:
+                allowed = listed
+            else:  # permissive: everything but this machine and link-local (cloud metadata)
+                allowed = listed or not _local_address(host) or host in self._upstream_map
+            if len(resolved.allowed) > 4096:
+                resolved.allowed.clear()
             resolved.allowed[key] = allowed
         return allowed
 
@@ -457,6 +511,8 @@ class Gate:
             pattern = first_match(binding.patterns, host, port)
             if pattern is not None and (found is None or (pattern.port and not best_has_port)):
                 found, best_has_port = binding, pattern.port is not None
+        if len(resolved.binding_for) > 4096:
+            resolved.binding_for.clear()
         resolved.binding_for[key] = found
         return found
 
@@ -483,10 +539,12 @@ class Gate:
         request.headers, injected, real = inject_headers(request.headers, binding, secret)
         ctx.injected.update(injected)
         ctx.real_values = (*ctx.real_values, *real)
-        if secret.token:
-            ctx.scrub.setdefault(secret.token, binding.placeholder)
+        for value in real:  # the token and the API secret both go back to the placeholder
+            ctx.scrub.setdefault(value, binding.placeholder)
 
-    async def _audit_leak(self, run: Run, binding: Binding, host: str, port: int) -> None:
+    async def _audit_leak(
+        self, run: Run, binding: Binding, host: str, port: int, where: str = ""
+    ) -> None:
         log.warning(
             "run %s: placeholder of grant %s sent to %s:%s; blocked",
             run.run_id,
@@ -500,7 +558,7 @@ class Gate:
                 actor=f"proxy:{run.run_id}",
                 owner=run.spec.owner,
                 connection_id=binding.connection_id,
-                detail={"grant": binding.grant, "host": host, "port": port},
+                detail={"grant": binding.grant, "host": host, "port": port, "where": where},
             )
         except ValetkeyError as exc:
             log.error("could not audit a blocked placeholder: %s", exc)
@@ -576,23 +634,40 @@ def _fill(template: str, token: str, api_secret: str) -> str:
 
 
 def _mentions_placeholder(request: Request) -> bool:
-    if PLACEHOLDER_MARK in request.target:
+    """Cheap first look (case-insensitive, percent-decoded): does anything hold the marker?"""
+    if PLACEHOLDER_MARK in _folded(request.target):
         return True
     for _, value in request.headers:
-        if PLACEHOLDER_MARK in value:
+        if PLACEHOLDER_MARK in _folded(value):
             return True
-    return _PLACEHOLDER_MARK_B in request.body
+    return _PLACEHOLDER_MARK_B in request.body.lower()
 
 
-def _placeholders_in(request: Request, by_placeholder: dict[str, Binding]) -> list[Binding]:
+def _folded(text: str) -> str:
+    return unquote(text).lower() if "%" in text else text.lower()
+
+
+def _placeholders_in(
+    request: Request, by_placeholder: dict[str, Binding]
+) -> list[tuple[Binding, str]]:
+    """Every placeholder of the run in the request, with where it is (``header``, ``path``,
+    ``query``, ``body``); matched case-insensitively and percent-decoded, so an encoded copy
+    sent to the wrong host is caught too."""
+    path, _, query = request.target.partition("?")
+    folded_path, folded_query = _folded(path), _folded(query)
+    headers = [_folded(v) for _, v in request.headers]
+    body = request.body.lower()
     found = []
     for placeholder, binding in by_placeholder.items():
-        if (
-            placeholder in request.target
-            or any(placeholder in v for _, v in request.headers)
-            or placeholder.encode() in request.body
-        ):
-            found.append(binding)
+        needle = placeholder.lower()
+        if any(needle in v for v in headers):
+            found.append((binding, "header"))
+        if needle in folded_path:
+            found.append((binding, "path"))
+        if needle in folded_query:
+            found.append((binding, "query"))
+        if needle.encode() in body:
+            found.append((binding, "body"))
     return found
 
 
@@ -610,11 +685,24 @@ def _redact_values(text: str, values: tuple[str, ...]) -> str:
     return text
 
 
-def _blocked_by_policy(host: str, port: int) -> Verdict:
-    return Verdict(
-        block="network-policy",
-        block_reason=f"{host}:{port} is not in this run's allow-list (strict network policy)",
+def _blocked_by_policy(host: str, port: int, strict: bool) -> Verdict:
+    why = (
+        "is not in this run's allow-list (strict network policy)"
+        if strict
+        else "is this machine or a link-local address; allow it with --allow"
     )
+    return Verdict(block="network-policy", block_reason=f"{host}:{port} {why}")
+
+
+def _local_address(host: str) -> bool:
+    """Loopback, link-local (169.254/16: cloud metadata), unspecified, or ``*.localhost``."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_link_local or address.is_unspecified
 
 
 def _json_response(status: int, message: str) -> Response:

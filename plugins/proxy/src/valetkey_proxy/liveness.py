@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from valetkey_hookspecs import BoxRuntime, ConfigError, KernelAPI, NotFound
 
-from .runs import Registry, Run
+from .runs import Registry, Run, process_alive
 
 log = logging.getLogger("valetkey.proxy.liveness")
 
@@ -61,17 +61,18 @@ class LivenessChecker:
         return self._runtime
 
     async def check_once(self) -> list[Run]:
-        """Check every run that has a container id; return the runs removed."""
+        """Check every run that has a container id (through the box runtime) or a client
+        process (``valetkey run``); return the runs removed."""
+        removed = self._check_clients()
         runs = [run for run in self.registry if run.container_id]
         if not runs:
-            return []
+            return removed
         runtime = self.runtime()
         if runtime is None:
-            return []
+            return removed
         results = await asyncio.gather(
             *(self._check(runtime, run) for run in runs), return_exceptions=True
         )
-        removed: list[Run] = []
         for run, result in zip(runs, results, strict=True):
             if self.registry.lookup(run.token) is not run:
                 continue  # unregistered or replaced while we were checking
@@ -99,6 +100,20 @@ class LivenessChecker:
                 self.on_removed(run, reason)
         return removed
 
+    def _check_clients(self) -> list[Run]:
+        removed = []
+        for run in self.registry:
+            pid = run.spec.client_pid
+            if run.container_id or not pid or process_alive(pid, run.spec.client_started):
+                continue
+            self.registry.remove(run.token)
+            removed.append(run)
+            reason = f"its process {pid} is gone"
+            log.warning("run %s removed: %s", run.run_id, reason)
+            if self.on_removed is not None:
+                self.on_removed(run, reason)
+        return removed
+
     async def _check(self, runtime: BoxRuntime, run: Run) -> bool:
         assert run.container_id is not None
         return bool(await asyncio.wait_for(runtime.is_alive(run.container_id), self.timeout))
@@ -111,8 +126,6 @@ class LivenessChecker:
                 await self.check_once()
             except Exception:  # a bug here must not stop the daemon
                 log.exception("liveness check crashed")
-            if not self.enabled:
-                return
 
 
 def _describe(error: object) -> str:

@@ -8,6 +8,7 @@ accepted half set up. The registry itself is plain dict operations on the event 
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -63,7 +64,42 @@ class RunSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=False, omit_def
     response_transformers: list[TransformerSpec] = msgspec.field(default_factory=list)
     #: ``response-scrub`` on every host of every grant
     scrub: bool = False
+    #: where placeholders are swapped for the real value on a granted host: ``headers`` (the
+    #: default) or ``anywhere`` (path, query and body too — an API that echoes or stores what it
+    #: is sent could then hand the real value back, so this is opt-in)
+    substitution: str = "headers"
     container_id: str | None = None
+    #: the process that registered the run and waits for it (``valetkey run``): when it is gone
+    #: (even killed with SIGKILL) the liveness check removes the run
+    client_pid: int | None = None
+    #: that process's start time (``/proc/<pid>/stat`` field 22), so a reused pid is not taken
+    #: for it
+    client_started: int | None = None
+
+
+def process_started(pid: int) -> int | None:
+    """A process's start time in clock ticks since boot (Linux), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return int(fields[19]) if len(fields) > 19 else None
+
+
+def process_alive(pid: int, started: int | None) -> bool:
+    """Is ``pid`` still the process that started at ``started``?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    if started is None:
+        return True
+    now = process_started(pid)
+    return now is None or now == started
 
 
 def new_token() -> str:
