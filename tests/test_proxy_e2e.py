@@ -302,3 +302,14 @@ def test_the_daemon_killed_mid_run_comes_back_with_the_run(idp, proxied, tmp_pat
     assert [s["path"] for s in Api.seen] == ["/before", "/after"]
     for seen in Api.seen:
         assert seen["authorization"].removeprefix("Bearer ") not in runs_file
+
+
+def test_placeholders_outside_headers_need_substitute_anywhere(idp, proxied):
+    cid = oauth_cli.connect_with_browser(idp)
+    token = real_token(cid)
+    query = f'{CURL} -o /dev/null -w "%{{http_code}}" "https://api.idp.test/q?key=$IDP_TOKEN"'
+    refused = vk("run", "--grant", oauth_cli.SLUG, "--", "sh", "-c", query)
+    assert refused.stdout == "407" and Api.seen == []
+    swapped = vk("run", "--grant", oauth_cli.SLUG, "--substitute-anywhere", "--", "sh", "-c", query)
+    assert swapped.stdout == "200", swapped.stderr
+    assert [s["path"] for s in Api.seen] == [f"/q?key={token}"]

@@ -360,6 +360,7 @@ def run(
     owner: str | None = None,
     run_id: str | None = None,
     scrub: bool = False,
+    substitute_anywhere: bool = False,
     mcp: list[str] | None = None,
     aws_role: str | None = None,
     aws_region: str = "us-east-1",
@@ -390,6 +391,10 @@ def run(
     scrub
         Replace the real credential by the placeholder in responses from granted hosts (JSON
         and text up to 512 KiB), for APIs that echo what they were sent.
+    substitute_anywhere
+        Swap placeholders for the real value in the path, query and body too, not only in
+        headers (for APIs that take the key as a parameter; an API that stores or echoes what it
+        is sent could then hand the real value back).
     mcp
         NAME=URL: a remote MCP server the command reaches at $VALETKEY_MCP_<NAME>_URL (with
         its run token as "Authorization: Bearer"); a server named like a grant gets that
@@ -417,6 +422,8 @@ def run(
         spec["run_id"] = run_id
     if scrub:
         spec["scrub"] = True
+    if substitute_anywhere:
+        spec["substitution"] = "anywhere"
     servers = []
     for item in mcp or []:
         name, sep, url = item.partition("=")
