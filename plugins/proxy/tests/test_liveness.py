@@ -133,7 +133,7 @@ def _kernel(tmp_path, monkeypatch, **extra):
 
 async def test_the_kernels_box_runtime_is_used(tmp_path, monkeypatch):
     runtime = FakeBoxRuntime()
-    kernel = _kernel(tmp_path, monkeypatch, boxes=BoxPlugin(runtime))
+    kernel = _kernel(tmp_path, monkeypatch, **{"fake-runtime": BoxPlugin(runtime)})
     registry = Registry()
     checker = LivenessChecker(registry, kernel=kernel)
     _run(registry, 1, "c-gone")
