@@ -6,6 +6,8 @@
   responses rewritten for ``/transform`` targets, and a local endpoint;
 - :class:`Upstream`, an HTTP/1.1 server on 127.0.0.1 (plain or TLS) that records what it got and
   counts its connections;
+- :class:`FlakyUpstream` (answers the first request of each connection, then closes on the
+  second without answering) and :class:`StallUpstream` (reads, never answers);
 - :func:`make_test_pki`, a test CA and a leaf certificate for ``api.github.test`` / 127.0.0.1,
   made with ``cryptography``.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import gzip
 import hashlib
 import ipaddress
 import json
@@ -51,6 +54,8 @@ class TestGate:
 
     routes: dict[str, tuple[str, int]] = field(default_factory=dict)
     buffer_limit: int = 1024 * 1024
+    #: every forwarded request gets ``buffer_required`` (and ``buffer_response=buffer_limit``)
+    require_buffer: bool = False
     authenticated: list[str | None] = field(default_factory=list)
     connects: list[tuple[str, int]] = field(default_factory=list)
     requests: list[Request] = field(default_factory=list)
@@ -87,6 +92,9 @@ class TestGate:
         verdict = Verdict(connect_to=self.routes.get(request.host))
         if request.target.startswith("/transform"):
             verdict.buffer_response = self.buffer_limit
+        if self.require_buffer:
+            verdict.buffer_response = self.buffer_limit
+            verdict.buffer_required = True
         return verdict
 
     def on_response(
@@ -209,12 +217,16 @@ class Upstream:
 
     Routes: ``/echo`` (JSON of what it got), ``/chunked`` (a chunked body), ``/big?n=N``
     (N pattern bytes, Content-Length), ``/bigchunked?n=N`` (chunked), ``/close`` (body
-    delimited by closing), ``/transform...`` (a body containing "secret"), ``/nocontent`` (204);
-    anything else 404."""
+    delimited by closing), ``/transform...`` (a body containing "secret"; ``chunked=1``,
+    ``trailer=1`` with a chunked trailer, ``close=1`` delimited by closing), ``/gzip`` (a
+    ``Content-Encoding: gzip`` body whatever was asked), ``/nocontent`` (204), ``/hold`` (sets
+    ``held``, waits for ``release``, then a short 200); anything else 404."""
 
     def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         self.ssl_context = ssl_context
         self.seen: list[Seen] = []
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
         self.connections = 0
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -312,13 +324,24 @@ class Upstream:
         elif path.startswith("/transform"):
             size = int(params.get("n", "0"))
             body = b'{"token": "secret"}' + b" " * size
-            if params.get("chunked"):
+            if params.get("close"):
+                writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + body)
+                return False
+            if params.get("chunked") or params.get("trailer"):
+                trailer = b"X-Trailer: from-upstream\r\n" if params.get("trailer") else b""
                 writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-                writer.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body))
+                writer.write(b"%x\r\n%b\r\n0\r\n%b\r\n" % (len(body), body, trailer))
             else:
                 self._send(writer, 200, body, [("Content-Type", "application/json")])
         elif path == "/nocontent":
             writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        elif path == "/gzip":
+            body = gzip.compress(b'{"token": "secret"}')
+            self._send(writer, 200, body, [("Content-Encoding", "gzip")])
+        elif path == "/hold":
+            self.held.set()
+            await self.release.wait()
+            self._send(writer, 200, b"released", [])
         else:
             self._send(writer, 404, b"no such route", [])
         return True
@@ -330,6 +353,88 @@ class Upstream:
         head = f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\n"
         head += "".join(f"{k}: {v}\r\n" for k, v in headers)
         writer.write(head.encode() + b"\r\n" + body)
+
+
+class FlakyUpstream:
+    """Answers the first request of every connection (keep-alive), then closes the connection
+    when a second request arrives on it, without answering: a stale pooled connection."""
+
+    def __init__(self) -> None:
+        #: (method, target, connection number) of every request received
+        self.seen: list[tuple[str, str, int]] = []
+        self.connections = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> FlakyUpstream:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def close(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        conn = self.connections
+        try:
+            for n in range(2):
+                head = await reader.readuntil(b"\r\n\r\n")
+                method, target, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
+                length = 0
+                for line in head.decode("latin-1").split("\r\n")[1:]:
+                    k, _, v = line.partition(":")
+                    if k.strip().lower() == "content-length":
+                        length = int(v)
+                if length:
+                    await reader.readexactly(length)
+                self.seen.append((method, target, conn))
+                if n == 0:
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+                    await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+class StallUpstream:
+    """Accepts connections and reads requests but never answers; counts connections and how
+    many of them the peer closed."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.closed = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> StallUpstream:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def close(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for w in list(self._writers):
+            w.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.add(writer)
+        try:
+            while await reader.read(65536):
+                pass
+            self.closed += 1
+        except ConnectionError:
+            self.closed += 1
+        finally:
+            self._writers.discard(writer)
+            writer.close()
 
 
 async def raw_exchange(port: int, data: bytes, *, until_close: bool = True) -> bytes:

@@ -5,6 +5,7 @@ clients: raw sockets, httpx and curl."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import re
@@ -21,7 +22,7 @@ import pytest
 
 from valetkey_proxy.ca import LocalCA
 from valetkey_proxy.server import ProxyServer
-from valetkey_proxy.upstream import upstream_ssl_context
+from valetkey_proxy.upstream import UpstreamPool, upstream_ssl_context
 
 
 def _load_helpers() -> ModuleType:
@@ -506,3 +507,294 @@ def test_engine_runs_on_uvloop(tmp_path: Path) -> None:
             await _close_env(env)
 
     uvloop.run(scenario())
+
+
+# ---------------------------------------------------------------------- hardening
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One Content-Length-framed response from a raw connection."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    status, headers, _ = _head(head)
+    body = await asyncio.wait_for(reader.readexactly(int(headers.get("content-length", "0"))), 10)
+    return status, headers, body
+
+
+async def test_request_trailers_never_become_headers(env: Env) -> None:
+    url = f"http://127.0.0.1:{env.up.port}/echo"
+    data = (
+        f"POST {url} HTTP/1.1\r\nHost: a\r\nProxy-Authorization: {H.basic()}\r\n"
+        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n"
+        "Authorization: Bearer smuggled\r\nX-Trailer: t\r\n\r\n"
+    ).encode()
+    status, _, body = _head(await H.raw_exchange(env.proxy.port, data))
+    assert status == 200
+    got = json.loads(body)
+    assert got["body_len"] == 5
+    names = {k.lower() for k, _ in got["headers"]}
+    assert "authorization" not in names and "x-trailer" not in names
+    assert env.gate.requests[-1].header("Authorization") is None
+    # a Proxy-Authorization trailer does not authenticate a request that had none
+    data = (
+        f"POST {url} HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+        f"Connection: close\r\n\r\n0\r\nProxy-Authorization: {H.basic()}\r\n\r\n"
+    ).encode()
+    status, _, _ = _head(await H.raw_exchange(env.proxy.port, data))
+    assert status == 407
+    assert len(env.up.seen) == 1
+
+
+async def test_response_trailers_never_become_headers(env: Env) -> None:
+    async with env.client() as client:
+        r = await client.get(f"http://127.0.0.1:{env.up.port}/transform?n=3&trailer=1")
+    assert r.status_code == 200
+    assert r.content == b'{"token": "[scrubbed]"}   '
+    assert r.headers["x-transformed"] == "1"
+    assert "x-trailer" not in r.headers
+
+
+async def test_pipelined_bodies_are_not_read_while_the_worker_is_busy(tmp_path: Path) -> None:
+    env = await _make_env(tmp_path, max_request_body=4 * MiB, max_queued_bytes=256 * 1024)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", env.proxy.port)
+        auth = f"Proxy-Authorization: {H.basic()}\r\n"
+        hold = f"GET http://127.0.0.1:{env.up.port}/hold HTTP/1.1\r\nHost: a\r\n{auth}\r\n"
+        body = H.pattern(2 * MiB)
+        post = (
+            f"POST http://127.0.0.1:{env.up.port}/echo HTTP/1.1\r\nHost: a\r\n{auth}"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        count = 6
+
+        async def send() -> None:
+            writer.write(hold.encode())
+            for _ in range(count):
+                writer.write(post)
+                await writer.drain()
+
+        sender = asyncio.create_task(send())
+        await asyncio.wait_for(env.up.held.wait(), 10)
+        (conn,) = env.proxy.connections
+        seen = -1
+        while conn.received != seen:  # until the proxy stops reading
+            seen = conn.received
+            await asyncio.sleep(0.2)
+        # 12 MiB offered; read: the cap on queued body bytes plus one socket read of slack
+        assert conn.received < 1 * MiB
+        assert conn.read_paused
+        assert conn.queued_bytes <= 256 * 1024 + 256 * 1024
+        env.up.release.set()
+        status, _, released = await _read_response(reader)
+        assert (status, released) == (200, b"released")
+        for _ in range(count):
+            status, _, got = await _read_response(reader)
+            assert status == 200
+            assert json.loads(got)["body_len"] == len(body)
+        await sender
+        writer.close()
+        assert [s.body == body for s in env.up.seen[1:]] == [True] * count
+    finally:
+        await _close_env(env)
+
+
+async def test_pipelined_requests_queue_at_most_one_while_busy(env: Env) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", env.proxy.port)
+    auth = f"Proxy-Authorization: {H.basic()}\r\n"
+    writer.write(
+        f"GET http://127.0.0.1:{env.up.port}/hold HTTP/1.1\r\nHost: a\r\n{auth}\r\n".encode()
+    )
+    await asyncio.wait_for(env.up.held.wait(), 10)
+    (conn,) = env.proxy.connections
+    small = (
+        f"POST http://127.0.0.1:{env.up.port}/echo HTTP/1.1\r\nHost: a\r\n{auth}"
+        "Content-Length: 3\r\n\r\nabc"
+    ).encode()
+    for _ in range(40):  # one write each: the proxy stops reading after the first is queued
+        writer.write(small)
+        await writer.drain()
+        await asyncio.sleep(0.01)
+    assert conn.read_paused
+    assert len(conn.queue) == 1
+    env.up.release.set()
+    assert (await _read_response(reader))[0] == 200
+    for _ in range(40):
+        assert (await _read_response(reader))[0] == 200
+    writer.close()
+
+
+async def test_dribbled_request_body_gets_408(tmp_path: Path) -> None:
+    env = await _make_env(tmp_path, body_timeout=0.4, keepalive_timeout=5, header_timeout=5)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", env.proxy.port)
+        writer.write(
+            f"POST http://127.0.0.1:{env.up.port}/echo HTTP/1.1\r\nHost: a\r\n"
+            f"Proxy-Authorization: {H.basic()}\r\nContent-Length: 1000\r\n\r\nx".encode()
+        )
+
+        async def dribble() -> None:  # one byte every 50 ms: never idle, never done
+            for _ in range(200):
+                await asyncio.sleep(0.05)
+                if writer.is_closing():
+                    return
+                writer.write(b"x")
+
+        task = asyncio.create_task(dribble())
+        raw = await asyncio.wait_for(reader.read(), 3)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await task
+        writer.close()
+        status, headers, body = _head(raw)
+        assert status == 408
+        assert headers["connection"] == "close"
+        assert b"request body" in body
+        assert env.up.seen == []
+    finally:
+        await _close_env(env)
+
+
+async def test_buffer_required_refuses_what_cannot_be_scrubbed(env: Env) -> None:
+    env.gate.require_buffer = True
+    env.gate.buffer_limit = 100
+    base = f"http://127.0.0.1:{env.up.port}"
+    async with env.client() as client:
+        r = await client.get(f"{base}/transform?n=10")  # fits: scrubbed
+        assert r.content == b'{"token": "[scrubbed]"}' + b" " * 10
+        for query in ("n=500", "n=500&chunked=1", "n=500&close=1"):
+            r = await client.get(f"{base}/transform?{query}")
+            assert r.status_code == 502, query
+            assert r.headers["x-valetkey-error"] == "response-too-large"
+            assert b"too large to scrub" in r.content
+            assert b"secret" not in r.content
+            _, _, outcome = env.gate.completed[-1]
+            assert outcome.status == 502 and outcome.error is not None
+            assert env.proxy.pool.idle_count() == 0  # the upstream connection was closed
+        r = await client.get(f"{base}/gzip")  # encoded in spite of identity: cannot be scrubbed
+        assert r.status_code == 502
+        assert r.headers["x-valetkey-error"] == "response-too-large"
+        assert env.gate.completed[-1][2].error is not None
+        r = await client.head(f"{base}/big?n=5000")  # no body: nothing to scrub
+        assert (r.status_code, r.headers["content-length"]) == (200, "5000")
+        r = await client.get(f"{base}/nocontent")
+        assert r.status_code == 204
+    # the agent's connection stayed usable after each 502 (its framing was never broken)
+    assert env.gate.authenticated == [H.basic()]
+    env.gate.require_buffer = False
+    async with env.client() as client:
+        r = await client.get(f"{base}/gzip")  # not required: passes through as it came
+        assert r.status_code == 200
+        assert r.headers["content-encoding"] == "gzip"
+
+
+async def test_buffer_required_asks_for_an_unencoded_whole_body(env: Env) -> None:
+    env.gate.require_buffer = True
+    headers = {"Accept-Encoding": "gzip, br", "Range": "bytes=0-5", "If-Range": '"v1"'}
+    async with env.client() as client:
+        r = await client.get(f"http://127.0.0.1:{env.up.port}/echo", headers=headers)
+    assert r.status_code == 200
+    seen = env.up.seen[-1]
+    assert [v for k, v in seen.headers if k.lower() == "accept-encoding"] == ["identity"]
+    assert seen.header("Range") is None and seen.header("If-Range") is None
+    env.gate.require_buffer = False
+    async with env.client() as client:
+        await client.get(f"http://127.0.0.1:{env.up.port}/echo", headers=headers)
+    assert env.up.seen[-1].header("Range") == "bytes=0-5"  # only when the gate requires it
+    assert env.up.seen[-1].header("Accept-Encoding") == "gzip, br"
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        "Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        "Content-Length: 5\r\nX-Folded: a\r\n b\r\n\r\nhello",
+        "Content-Length: 5\r\nX-Folded: a\r\n\tTransfer-Encoding: chunked\r\n\r\nhello",
+    ],
+    ids=["cl-te", "te-cl", "duplicate-cl", "obs-fold", "obs-fold-tab"],
+)
+async def test_smuggling_shapes_get_400_and_nothing_is_sent(env: Env, head: str) -> None:
+    data = (
+        f"POST http://127.0.0.1:{env.up.port}/echo HTTP/1.1\r\nHost: a\r\n"
+        f"Proxy-Authorization: {H.basic()}\r\n{head}"
+        f"GET http://127.0.0.1:{env.up.port}/echo HTTP/1.1\r\nHost: a\r\n"
+        f"Proxy-Authorization: {H.basic()}\r\n\r\n"
+    ).encode()
+    raw = await H.raw_exchange(env.proxy.port, data)
+    status, headers, _ = _head(raw)
+    assert status == 400
+    assert headers["connection"] == "close"
+    assert raw.count(b"HTTP/1.1 ") == 1
+    assert env.up.seen == []
+    assert env.gate.requests == []
+
+
+async def test_stale_pooled_connection_is_retried_for_idempotent_methods_only(env: Env) -> None:
+    flaky = await H.FlakyUpstream().start()
+    try:
+        base = f"http://127.0.0.1:{flaky.port}"
+        async with env.client() as client:
+            assert (await client.get(f"{base}/one")).status_code == 200
+            r = await client.get(f"{base}/two")  # the pooled connection closes unanswered
+            assert (r.status_code, r.content) == (200, b"first")
+            assert flaky.seen == [("GET", "/one", 1), ("GET", "/two", 1), ("GET", "/two", 2)]
+            r = await client.post(f"{base}/three", content=b"once")  # same, but a POST
+            assert r.status_code == 502
+            assert r.headers["x-valetkey-error"] == "upstream"
+        assert flaky.seen[3:] == [("POST", "/three", 2)]  # sent once, never retried
+        assert flaky.connections == 2
+        _, _, outcome = env.gate.completed[-1]
+        assert outcome.status == 502
+        assert outcome.error == "upstream closed the connection before responding"
+    finally:
+        await flaky.close()
+
+
+async def test_stalled_upstream_gets_504_after_upstream_timeout(tmp_path: Path) -> None:
+    env = await _make_env(tmp_path, upstream_timeout=0.3)
+    stall = await H.StallUpstream().start()
+    try:
+        async with env.client() as client:
+            r = await client.get(f"http://127.0.0.1:{stall.port}/never")
+            assert r.status_code == 504
+            assert r.headers["x-valetkey-error"] == "timeout"
+            assert f"127.0.0.1:{stall.port}".encode() in r.content
+            r = await client.get(f"http://127.0.0.1:{env.up.port}/echo")  # still usable
+            assert r.status_code == 200
+        _, _, outcome = env.gate.completed[-2]
+        assert outcome.status == 504
+        assert outcome.error == "upstream timed out"
+        for _ in range(50):
+            if stall.closed:
+                break
+            await asyncio.sleep(0.05)
+        assert (stall.connections, stall.closed) == (1, 1)  # closed, and not retried
+    finally:
+        await stall.close()
+        await _close_env(env)
+
+
+async def test_upstream_pool_caps_idle_connections_globally(env: Env) -> None:
+    ups = [await H.Upstream().start() for _ in range(4)]
+    pool = UpstreamPool(upstream_ssl_context(None), max_idle_per_key=2, max_idle_total=3)
+    try:
+        conns = [await pool.acquire("127.0.0.1", up.port, tls=False, sni="") for up in ups]
+        for conn in conns:
+            pool.release(conn, reusable=True)
+        assert pool.idle_count() == 3
+        assert conns[0].closed  # the oldest idle one was evicted
+        assert not any(c.closed for c in conns[1:])
+        again = await pool.acquire("127.0.0.1", ups[3].port, tls=False, sni="")
+        assert again is conns[3] and pool.idle_count() == 2
+        # the per-key cap still applies
+        more = [await pool.acquire("127.0.0.1", ups[0].port, tls=False, sni="") for _ in range(3)]
+        for conn in more:
+            pool.release(conn, reusable=True)
+        assert sum(1 for c in more if not c.closed) == 2
+        pool.release(again, reusable=True)
+        assert pool.idle_count() == 3
+        assert pool.opened == 7
+    finally:
+        pool.close()
+        for up in ups:
+            await up.close()

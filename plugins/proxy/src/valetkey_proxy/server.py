@@ -14,11 +14,17 @@ connection, one worker coroutine per connection that answers its requests in ord
 
 Auth: the first request of a connection (and every CONNECT) must carry ``Proxy-Authorization``;
 the run is cached per connection while the header value stays the same; inside a tunnel the
-CONNECT's run applies. Request bodies are buffered (up to ``max_request_body``, else 413);
+CONNECT's run applies. Request bodies are buffered (up to ``max_request_body``, else 413; all of
+it within ``body_timeout`` of the head, else 408); chunked trailers are dropped;
 hop-by-hop headers, ``Host``, ``Expect`` and the body framing headers are removed before the gate
-sees the request and re-made when it is sent. Responses stream through (Content-Length kept,
-chunked re-chunked, close-delimited sent chunked to HTTP/1.1 clients) unless the verdict asks for
-buffering and the body fits. Upstream connections come from a keep-alive pool
+sees the request and re-made when it is sent. While the worker is busy with a request, the
+connection stops reading once another whole request is queued or ``max_queued_bytes`` of body
+are held, so a pipelining client cannot make the proxy buffer more than that. Responses stream
+through (Content-Length kept, chunked re-chunked, close-delimited sent chunked to HTTP/1.1
+clients) unless the verdict asks for buffering and the body fits; with ``buffer_required`` a body
+that does not fit (or is content-encoded) is answered 502 instead of streamed. An upstream that
+sends nothing for ``upstream_timeout`` gets the agent a 504 (or a cut connection once the
+response has started). Upstream connections come from a keep-alive pool
 (:mod:`~valetkey_proxy.upstream`); a reused one that closes before answering is retried once
 for idempotent methods.
 
@@ -50,8 +56,11 @@ MAX_REQUEST_BODY = 32 * 1024 * 1024
 KEEPALIVE_TIMEOUT = 60.0
 HEADER_TIMEOUT = 30.0
 UPSTREAM_TIMEOUT = 300.0
-#: pipelined requests queued before the connection stops reading
-MAX_QUEUED = 16
+#: the whole request body must arrive within this many seconds of the request head
+BODY_TIMEOUT = 120.0
+#: body bytes of requests not yet being handled (queued, or still arriving) held per connection
+#: while the worker is busy, before the connection stops reading
+MAX_QUEUED_BYTES = 1024 * 1024
 
 _REQUEST_DROP = frozenset(
     {
@@ -84,6 +93,8 @@ _RESPONSE_DROP = frozenset(
 #: what the engine sets itself on a whole response it sends
 _FRAMING = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+#: request headers dropped when the gate must see the whole, unencoded response body
+_UNSCRUBBABLE = frozenset({"accept-encoding", "range", "if-range"})
 _REASONS = {s.value: s.phrase for s in http.HTTPStatus}
 
 _MODE_HTTP = 0  # parsing requests
@@ -140,6 +151,7 @@ class _Message:
 
     __slots__ = (
         "body",
+        "body_since",
         "error",
         "expect_continue",
         "headers",
@@ -166,12 +178,23 @@ class _Message:
         self.headers_done = False
         self.error = ""
         self.started = started
+        #: when the head was complete (moved on by the time reading was paused by the proxy)
+        self.body_since = started
 
 
 class _Result:
     """How a forwarded exchange ended."""
 
-    __slots__ = ("bytes_in", "client_keep", "error", "head_sent", "retryable", "status")
+    __slots__ = (
+        "bytes_in",
+        "client_keep",
+        "error",
+        "fail_kind",
+        "fail_status",
+        "head_sent",
+        "retryable",
+        "status",
+    )
 
     def __init__(self) -> None:
         self.status = 0
@@ -180,6 +203,9 @@ class _Result:
         self.head_sent = False
         self.client_keep = True
         self.retryable = False
+        #: what the agent gets when it failed before the head was sent: status, X-Valetkey-Error
+        self.fail_status = 502
+        self.fail_kind = "upstream"
 
 
 class _Exchange:
@@ -198,12 +224,14 @@ class _Exchange:
         "interim",
         "is_head",
         "keep_upstream",
+        "last",
         "length",
         "limit",
         "message",
         "parser",
         "reason",
         "request",
+        "required",
         "result",
         "status",
         "streaming",
@@ -236,7 +264,10 @@ class _Exchange:
         self.streaming = False
         self.chunking = False
         self.limit = verdict.buffer_response
+        self.required = verdict.buffer_required
         self.buf = bytearray()
+        #: when the upstream last sent something (or the request was sent)
+        self.last = time.monotonic()
         self.keep_upstream = False
         self.finished = False
         self.result = _Result()
@@ -249,7 +280,7 @@ class _Exchange:
             self.keep_upstream = False
             self.conn.abort()
             return
-        self.client.last = time.monotonic()
+        self.last = time.monotonic()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
@@ -270,13 +301,22 @@ class _Exchange:
         else:
             self._fail("upstream closed the connection mid-response")
 
+    def timed_out(self) -> None:
+        """Nothing from the upstream for ``upstream_timeout``: 504 if nothing was sent yet."""
+        if self.finished:
+            return
+        self.result.fail_status = 504
+        self.result.fail_kind = "timeout"
+        self._fail("upstream timed out")
+
     # ------------------------------------------------------------------ parser callbacks
 
     def on_status(self, reason: bytes) -> None:
         self.reason = reason.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        if not self.status:  # after the final head: chunked trailers, dropped
+            self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -319,6 +359,17 @@ class _Exchange:
                 self._complete()
             return
         self.close_delimited = not chunked and length is None
+        if self.required:
+            if self.length is not None and self.length > self.limit:
+                self._too_large()
+            elif self.length != 0 and any(
+                token.strip().lower() not in ("", "identity")
+                for k, v in headers
+                if k.lower() == "content-encoding"
+                for token in v.split(",")
+            ):
+                self._refuse("upstream response is content-encoded: it cannot be scrubbed")
+            return  # buffer
         if self.limit > 0 and (self.length is None or self.length <= self.limit):
             return  # buffer
         self._start_stream()
@@ -329,11 +380,23 @@ class _Exchange:
         if not self.streaming:
             self.buf += body
             if len(self.buf) > self.limit:  # grew past the limit: what we have, then the rest
+                if self.required:
+                    self._too_large()
+                    return
                 data, self.buf = bytes(self.buf), bytearray()
                 self._start_stream()
                 self._stream(data)
             return
         self._stream(body)
+
+    def _too_large(self) -> None:
+        self._refuse(f"response too large to scrub (more than {self.limit} bytes)")
+
+    def _refuse(self, error: str) -> None:
+        """A body the gate must see but cannot: never sent on; 502, upstream closed."""
+        self.buf = bytearray()
+        self.result.fail_kind = "response-too-large"
+        self._fail(error)
 
     def on_message_complete(self) -> None:
         if self.interim:
@@ -442,8 +505,14 @@ class ClientConnection(asyncio.Protocol):
         self.busy = False
         self.last = time.monotonic()
         self.read_paused = False
+        self.paused_at = 0.0
         self.write_paused = False
         self.continue_pending: _Message | None = None
+        #: bytes read from the agent (TLS records included)
+        self.received = 0
+        #: body bytes of requests the worker has not taken yet (queued or still arriving)
+        self.queued_bytes = 0
+        self.max_queued_bytes = server.max_queued_bytes
         self.stash = bytearray()
         # tunnel
         self.tunnel: tuple[str, str, int] | None = None
@@ -457,6 +526,7 @@ class ClientConnection(asyncio.Protocol):
         self.auth_value: str | None = None
         self.auth_run: Any = None
         self.upstream: UpstreamConnection | None = None
+        self.exchange: _Exchange | None = None
         self.task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ asyncio protocol
@@ -473,6 +543,7 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last = time.monotonic()
+        self.received += len(data)
         mode = self.mode
         if mode == _MODE_HTTP:
             if self.tls is not None:
@@ -606,8 +677,10 @@ class ClientConnection(asyncio.Protocol):
         self.msg.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.msg is not None
-        self.msg.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        msg = self.msg
+        assert msg is not None
+        if not msg.headers_done:  # after the head: chunked trailers, dropped (bodies re-framed)
+            msg.headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         msg = self.msg
@@ -617,6 +690,7 @@ class ClientConnection(asyncio.Protocol):
         msg.version = parser.get_http_version()
         msg.keep_alive = parser.should_keep_alive()
         msg.headers_done = True
+        msg.body_since = self.last
         limit = self.server.max_request_body
         for key, value in msg.headers:
             lk = key.lower()
@@ -659,9 +733,13 @@ class ClientConnection(asyncio.Protocol):
             return
         if len(msg.body) + len(body) > self.server.max_request_body:
             msg.too_large = True
+            self.queued_bytes -= len(msg.body)
             msg.body = bytearray()
             return
         msg.body += body
+        self.queued_bytes += len(body)
+        if self.queued_bytes > self.max_queued_bytes and (self.busy or self.queue):
+            self._pause_reading()  # the worker is busy: do not hold more than that
 
     def on_message_complete(self) -> None:
         msg = self.msg
@@ -671,8 +749,8 @@ class ClientConnection(asyncio.Protocol):
         if self.continue_pending is msg:
             self.continue_pending = None
         self.queue.append(msg)
-        if len(self.queue) >= MAX_QUEUED:
-            self._pause_reading()
+        if self.busy or len(self.queue) > 1:
+            self._pause_reading()  # pipelined: read on when the worker takes it
         self._wake()
 
     # ------------------------------------------------------------------ bytes out
@@ -695,12 +773,28 @@ class ClientConnection(asyncio.Protocol):
     def _pause_reading(self) -> None:
         if not self.read_paused and self.transport is not None and not self.closed:
             self.read_paused = True
+            self.paused_at = time.monotonic()
             self.transport.pause_reading()
 
     def _resume_reading(self) -> None:
         if self.read_paused and self.transport is not None and not self.closed:
             self.read_paused = False
+            msg = self.msg
+            if msg is not None and msg.headers_done:  # paused by us: not the agent's time
+                msg.body_since += time.monotonic() - self.paused_at
             self.transport.resume_reading()
+
+    def body_timed_out(self) -> None:
+        """A request body still incomplete ``body_timeout`` after its head: 408, close."""
+        msg, self.msg = self.msg, None
+        self.mode = _MODE_DEAD
+        self.respond_text(
+            408,
+            "valetkey proxy: request body not received in time\n",
+            keep=False,
+            version=msg.version if msg is not None else "1.1",
+        )
+        self.close()
 
     def close(self) -> None:
         """Close after what was written has been sent."""
@@ -774,16 +868,25 @@ class ClientConnection(asyncio.Protocol):
                     if self.eof:
                         self.close()
                         return
+                    if self.read_paused and self.mode == _MODE_HTTP:
+                        self._resume_reading()
                     pending = self.continue_pending
                     if pending is not None and self.msg is pending:
                         self.continue_pending = None
+                        pending.body_since = time.monotonic()  # the body was not asked before
                         self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
                     self.waiter = self.loop.create_future()
                     await self.waiter
                     self.waiter = None
                     continue
                 msg = self.queue.popleft()
-                if self.read_paused and self.mode == _MODE_HTTP and len(self.queue) < 4:
+                self.queued_bytes -= len(msg.body)
+                if (
+                    self.read_paused
+                    and self.mode == _MODE_HTTP
+                    and not self.queue
+                    and self.queued_bytes <= self.max_queued_bytes
+                ):
                     self._resume_reading()
                 self.busy = True
                 try:
@@ -997,7 +1100,7 @@ class ClientConnection(asyncio.Protocol):
     ) -> bool:
         dest_host, dest_port = verdict.connect_to or (request.host, request.port)
         tls = request.scheme == "https"
-        payload = _serialize_request(request, msg)
+        payload = _serialize_request(request, msg, identity=verdict.buffer_required)
         pool = self.server.pool
         result = _Result()
         for attempt in (0, 1):
@@ -1018,6 +1121,7 @@ class ClientConnection(asyncio.Protocol):
             exchange = _Exchange(self, conn, request, verdict, msg, run)
             conn.sink = exchange
             self.upstream = conn
+            self.exchange = exchange
             if self.write_paused:
                 conn.pause_reading()
             conn.write(payload)
@@ -1025,6 +1129,7 @@ class ClientConnection(asyncio.Protocol):
                 await exchange.done
             finally:
                 self.upstream = None
+                self.exchange = None
             result = exchange.result
             pool.release(conn, reusable=exchange.keep_upstream and not self.closed)
             if (
@@ -1038,7 +1143,14 @@ class ClientConnection(asyncio.Protocol):
             break
         if not result.head_sent:
             return self._bad_gateway(
-                run, request, verdict, msg, started, result.error or "no response", "upstream"
+                run,
+                request,
+                verdict,
+                msg,
+                started,
+                result.error or "no response",
+                result.fail_kind,
+                result.fail_status,
             )
         self._complete(
             run,
@@ -1064,19 +1176,20 @@ class ClientConnection(asyncio.Protocol):
         started: float,
         reason: str,
         kind: str,
+        status: int = 502,
     ) -> bool:
         dest_host, dest_port = verdict.connect_to or (request.host, request.port)
         where = f"{request.host}:{request.port}"
         if (dest_host, dest_port) != (request.host, request.port):
             where += f" (via {dest_host}:{dest_port})"
         self.respond_text(
-            502,
+            status,
             f"valetkey proxy: {where}: {reason}\n",
             headers=[("X-Valetkey-Error", kind)],
             keep=msg.keep_alive,
             version=msg.version,
         )
-        self._complete(run, request, verdict, 502, 0, 0, started, reason)
+        self._complete(run, request, verdict, status, 0, 0, started, reason)
         return msg.keep_alive
 
 
@@ -1101,14 +1214,20 @@ def _clean_request(raw: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], s
     return headers, auth
 
 
-def _serialize_request(request: Request, msg: _Message) -> bytes:
+def _serialize_request(request: Request, msg: _Message, *, identity: bool = False) -> bytes:
+    """The request head (and body) for the upstream; ``identity``: ask for the whole body,
+    unencoded (``Accept-Encoding: identity``, no ``Range`` / ``If-Range``)."""
     host, port = request.host, request.port
     default = 443 if request.scheme == "https" else 80
     authority = f"[{host}]" if ":" in host else host
     if port != default:
         authority = f"{authority}:{port}"
     lines = [f"{request.method} {request.target or '/'} HTTP/1.1\r\nHost: {authority}\r\n"]
-    lines += _header_lines(request.headers)
+    headers = request.headers
+    if identity:
+        headers = [(k, v) for k, v in headers if k.lower() not in _UNSCRUBBABLE]
+        headers.append(("Accept-Encoding", "identity"))
+    lines += _header_lines(headers)
     body = request.body
     if body or request.method in _BODY_METHODS or msg.body:
         lines.append(f"Content-Length: {len(body)}\r\n")
@@ -1145,6 +1264,8 @@ class ProxyServer:
         keepalive_timeout: float = KEEPALIVE_TIMEOUT,
         header_timeout: float = HEADER_TIMEOUT,
         upstream_timeout: float = UPSTREAM_TIMEOUT,
+        body_timeout: float = BODY_TIMEOUT,
+        max_queued_bytes: int = MAX_QUEUED_BYTES,
     ) -> None:
         self.gate = gate
         self.ca = ca
@@ -1154,6 +1275,8 @@ class ProxyServer:
         self.keepalive_timeout = keepalive_timeout
         self.header_timeout = header_timeout
         self.upstream_timeout = upstream_timeout
+        self.body_timeout = body_timeout
+        self.max_queued_bytes = max_queued_bytes
         self.pool = UpstreamPool(upstream_ssl or upstream_ssl_context(None))
         self.connections: set[ClientConnection] = set()
         self.local_names = _listen_names(host)
@@ -1176,24 +1299,40 @@ class ProxyServer:
 
     @property
     def _sweep_every(self) -> float:
-        return max(0.05, min(5.0, self.header_timeout / 4, self.keepalive_timeout / 4))
+        shortest = min(
+            self.header_timeout, self.keepalive_timeout, self.body_timeout, self.upstream_timeout
+        )
+        return max(0.05, min(5.0, shortest / 4))
 
     def _sweep(self) -> None:
-        """Close idle keep-alive connections, slow header senders and stalled upstreams."""
+        """Close idle keep-alive connections, slow header and body senders, and time out stalled
+        upstreams."""
         now = time.monotonic()
         for conn in list(self.connections):
             if conn.closed:
                 continue
             quiet = now - conn.last
+            msg = conn.msg
             if conn.busy:
-                if quiet > self.upstream_timeout:
+                exchange = conn.exchange
+                if exchange is not None:
+                    if now - exchange.last > self.upstream_timeout:
+                        exchange.timed_out()
+                elif quiet > self.upstream_timeout:
                     conn.abort()
-            elif conn.msg is not None and not conn.msg.headers_done:
-                if now - conn.msg.started > self.header_timeout:
+            elif msg is not None and not msg.headers_done:
+                if now - msg.started > self.header_timeout:
                     conn.abort()
             elif conn.mode == _MODE_PEEK or (conn.tls is not None and not conn.handshaken):
                 if quiet > self.header_timeout:
                     conn.abort()
+            elif (
+                msg is not None
+                and not conn.queue
+                and not conn.read_paused
+                and now - msg.body_since > self.body_timeout
+            ):
+                conn.body_timed_out()
             elif not conn.queue and quiet > self.keepalive_timeout:
                 conn.close()
         loop = asyncio.get_running_loop()

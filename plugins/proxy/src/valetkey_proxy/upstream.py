@@ -4,7 +4,8 @@ and the TLS context upstream servers are verified with.
 A pooled :class:`UpstreamConnection` is an asyncio protocol that hands every byte it receives to
 its current *sink* (the engine's response handler for the request in flight); between requests it
 has none, and a connection that receives anything or closes while idle is dropped. At most
-``max_idle_per_key`` idle connections are kept per key, each for at most ``idle_timeout`` seconds.
+``max_idle_per_key`` idle connections are kept per key and ``max_idle_total`` in all (the oldest
+idle one is closed to make room), each for at most ``idle_timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Protocol, cast
 
 #: idle connections kept per (host, port, tls, sni)
 MAX_IDLE_PER_KEY = 64
+#: idle connections kept in all
+MAX_IDLE_TOTAL = 256
 IDLE_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 15.0
 
@@ -112,14 +115,18 @@ class UpstreamPool:
         ssl_context: ssl.SSLContext,
         *,
         max_idle_per_key: int = MAX_IDLE_PER_KEY,
+        max_idle_total: int = MAX_IDLE_TOTAL,
         idle_timeout: float = IDLE_TIMEOUT,
         connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
         self.ssl_context = ssl_context
         self.max_idle_per_key = max_idle_per_key
+        self.max_idle_total = max_idle_total
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
         self._idle: dict[PoolKey, list[UpstreamConnection]] = {}
+        #: every idle connection, oldest first (a dict keeps insertion order)
+        self._lru: dict[UpstreamConnection, None] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
         #: connections opened so far (for tests and stats)
@@ -134,6 +141,7 @@ class UpstreamPool:
             now = time.monotonic()
             while idle:
                 conn = idle.pop()
+                self._lru.pop(conn, None)
                 if conn.closed or now - conn.idle_since > self.idle_timeout:
                     conn.abort()
                     continue
@@ -174,20 +182,32 @@ class UpstreamPool:
             conn.abort()
             return
         conn.resume_reading()  # an idle connection must notice when the server closes it
-        idle = self._idle.setdefault(conn.key, [])
-        if len(idle) >= self.max_idle_per_key:
+        idle = self._idle.get(conn.key)
+        if len(idle or ()) >= self.max_idle_per_key or self.max_idle_total < 1:
             conn.abort()
             return
+        while len(self._lru) >= self.max_idle_total:  # make room: close the oldest idle one
+            oldest = next(iter(self._lru))
+            self._forget(oldest)
+            oldest.abort()
+        idle = self._idle.setdefault(conn.key, [])
         conn.idle_since = time.monotonic()
         idle.append(conn)
+        self._lru[conn] = None
         if self._sweeper is None:
             loop = asyncio.get_running_loop()
             self._sweeper = loop.call_later(self.idle_timeout / 2, self._sweep)
 
     def _forget(self, conn: UpstreamConnection) -> None:
+        """No longer idle (closed, or evicted)."""
+        if conn not in self._lru:
+            return
+        del self._lru[conn]
         idle = self._idle.get(conn.key)
         if idle and conn in idle:
             idle.remove(conn)
+            if not idle:
+                del self._idle[conn.key]
 
     def _sweep(self) -> None:
         self._sweeper = None
@@ -196,6 +216,7 @@ class UpstreamPool:
             idle = self._idle[key]
             for conn in [c for c in idle if now - c.idle_since > self.idle_timeout]:
                 idle.remove(conn)
+                self._lru.pop(conn, None)
                 conn.abort()
             if not idle:
                 del self._idle[key]
@@ -214,6 +235,7 @@ class UpstreamPool:
             self._sweeper.cancel()
             self._sweeper = None
         idle, self._idle = self._idle, {}
+        self._lru = {}
         for conns in idle.values():
             for conn in conns:
                 conn.abort()
