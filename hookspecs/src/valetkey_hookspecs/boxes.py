@@ -43,8 +43,11 @@ BOX_ID_LABEL = "valetkey.box-id"
 #: the label holding the box's description
 DESCRIPTION_LABEL = "valetkey.description"
 
-# CSI (ESC [ ... final byte), OSC (ESC ] ... BEL or ESC \), and the other two-byte escapes
-_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+# CSI (ESC [ ... final byte), OSC (ESC ] ... BEL or ESC \), character set designations
+# (ESC ( B), then every other two-byte escape (ESC 0x30-0x7E)
+_ANSI = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[()*+#%][ -~]|\x1b[0-~]"
+)
 
 
 def is_valid_box_id(box_id: str) -> bool:

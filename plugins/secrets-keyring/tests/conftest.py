@@ -1,39 +1,20 @@
 """Fixtures of the secrets-keyring tests.
 
 The real Secret Service fixtures live in the repository's ``tests/fixtures/secret_service.py``
-(shared with other plugins that use the OS keyring); they are loaded here by path, since the
-tests run with ``--import-mode=importlib`` and ``tests/`` is not a package on ``sys.path``.
+(shared with other plugins that use the OS keyring); they are imported from
+``tests/fixtures``, which pytest's ``pythonpath`` setting puts on ``sys.path``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import sys
 from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from secret_service import secret_service, secret_service_bus
 
-
-def _load_shared(name: str) -> ModuleType:
-    module_name = f"valetkey_tests_fixtures_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    path = Path(__file__).resolve().parents[3] / "tests" / "fixtures" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    assert spec is not None and spec.loader is not None, f"cannot load {path}"
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_secret_service = _load_shared("secret_service")
-secret_service_bus = _secret_service.secret_service_bus
-secret_service = _secret_service.secret_service
+__all__ = ["secret_service", "secret_service_bus"]
 
 
 @pytest.fixture
