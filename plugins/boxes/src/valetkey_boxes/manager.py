@@ -1,0 +1,433 @@
+"""The box manager: a session per box (auth-page token, status, hook state) kept in the store,
+on top of the selected box runtime. Used by the MCP tools, the auth page, the CLI and the
+reaper alike; the store is the source of truth, so several processes (``valetkey serve`` and
+the CLI) see the same boxes.
+
+Lifecycle: ``create`` runs the create hooks (files, state), registers a proxy run for grants,
+saves a PENDING session and starts the container; ``submit_code`` writes the person's code to
+the box's login process and waits for it to say ready (READY, with the session URL) or fail
+(ERROR, the person may try again); ``destroy`` removes the container, replays the destroy hooks
+with their state, drops the proxy run and the session. ``restore`` (at start-up) drops sessions
+whose container is gone; ``reap`` destroys boxes still not ready after ``auth_ttl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import hashlib
+import logging
+import os
+import secrets
+import time
+import weakref
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Any
+
+from valetkey_hookspecs import (
+    Box,
+    BoxHook,
+    BoxHookEvent,
+    BoxRuntime,
+    BoxSession,
+    BoxSpec,
+    BoxStatus,
+    Conflict,
+    ExecResult,
+    InvalidInput,
+    KernelAPI,
+    NotFound,
+    utcnow,
+)
+from valetkey_hookspecs.boxes import check_box_id
+from valetkey_hookspecs.redaction import redact_text, register_secret
+
+from . import grants as grants_mod
+from . import hooks as hooks_mod
+from .config import BoxesConfig
+from .login import login_url, outcome, output_after
+
+log = logging.getLogger("valetkey.boxes")
+
+LOGIN_TAIL = 2000
+MAX_DESCRIPTION = 500
+MAX_COMMAND = 16 * 1024
+#: seconds a session may be "creating" before its container exists (restore leaves it alone)
+CREATE_GRACE = 60.0
+
+
+def hash_token(token: str) -> str:
+    """What the store keeps of an auth-page token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Created:
+    """A new box: its session, the auth-page token (shown once) and URL."""
+
+    session: BoxSession
+    token: str
+    auth_url: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """For MCP and ``--json`` (the token is the auth page's capability, not a credential)."""
+        return {
+            "box_id": self.session.box_id,
+            "status": self.session.status.value,
+            "image": self.session.image,
+            "auth_url": self.auth_url,
+            "token": self.token,
+        }
+
+
+def session_dict(session: BoxSession | None, box: Box | None) -> dict[str, Any]:
+    """A box as tools and ``--json`` show it: never a token or a code."""
+    out: dict[str, Any] = {}
+    if box is not None:
+        out.update(
+            box_id=box.id,
+            image=box.image,
+            state=box.state,
+            runtime=box.runtime,
+            container_id=box.container_id,
+            description=box.description,
+        )
+    if session is not None:
+        out.update(
+            box_id=session.box_id,
+            image=session.image,
+            runtime=session.runtime,
+            description=session.description,
+            status=session.status.value,
+            error=session.error,
+            session_url=session.session_url,
+            spoke=session.spoke,
+            created_at=session.created_at.isoformat(),
+        )
+    if box is None:
+        out["state"] = "gone"
+    if session is None:
+        out["status"] = "unmanaged-session"  # a managed container without a session
+    return out
+
+
+class BoxManager:
+    """Boxes of one kernel (its store, its box runtime, its hooks)."""
+
+    def __init__(self, kernel: KernelAPI, config: BoxesConfig | None = None) -> None:
+        self.kernel = kernel
+        self.config = config or kernel.plugin_config("boxes") or BoxesConfig()
+        self._create_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ parts
+
+    @property
+    def runtime(self) -> BoxRuntime:
+        """The runtime boxes run on (``[plugin.boxes] runtime``, else the selected one)."""
+        return self.kernel.runtime(self.config.runtime or None)
+
+    def hooks(self) -> list[tuple[str, BoxHook]]:
+        """Plugin hooks (name order), then the configured executables."""
+        found = list(self.kernel.box_hooks)
+        for path in self.config.hooks:
+            found.append((f"exec:{path}", hooks_mod.ExecutableHook(path, self.config.hook_timeout)))
+        return found
+
+    def auth_url(self, token: str) -> str:
+        """The auth page of a box."""
+        return f"{self.config.public_url.rstrip('/')}/auth/{token}"
+
+    def owner(self) -> str:
+        """Whose connections box grants name."""
+        return self.config.owner or os.environ.get("VALETKEY_OWNER") or getpass.getuser()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def create(
+        self,
+        box_id: str,
+        *,
+        image: str | None = None,
+        description: str = "",
+        grants: list[str] | None = None,
+        spoke: str | None = None,
+    ) -> Created:
+        """Create a box and its PENDING session. Bad input fails before any container exists;
+        a failure after the hooks ran replays their destroy and leaves nothing behind."""
+        check_box_id(box_id)
+        if spoke not in (None, "", "local"):
+            raise NotFound(
+                f"no spoke named {spoke!r}: this server runs boxes on its own runtime only "
+                "(clustering is not configured)"
+            )
+        image = (image or self.config.default_image).strip()
+        if not image:
+            raise InvalidInput("no image: name one, or set [plugin.boxes] default_image")
+        if len(description) > MAX_DESCRIPTION:
+            raise InvalidInput(f"description: at most {MAX_DESCRIPTION} characters")
+        grants = list(grants or [])
+        if len(set(grants)) != len(grants):
+            raise InvalidInput("grants: a grant is named twice")
+        async with self._create_lock:
+            return await self._create(box_id, image, description, grants)
+
+    async def _create(
+        self, box_id: str, image: str, description: str, grants: list[str]
+    ) -> Created:
+        store, runtime = self.kernel.store, self.runtime
+        try:
+            await store.boxes.get(box_id)
+        except NotFound:
+            pass
+        else:
+            raise Conflict(f"box {box_id!r} exists already")
+        event = BoxHookEvent(
+            box_id=box_id, image=image, runtime=runtime.name, description=description
+        )
+        hooks = self.hooks()
+        files, states = await hooks_mod.run_create(hooks, event)
+        login = self.config.login_for(image)
+        token = secrets.token_hex(32)
+        box_run: grants_mod.BoxRun | None = None
+        saved = False
+        try:
+            env: dict[str, str] = {}
+            if grants:
+                box_run = await grants_mod.register(
+                    self.kernel.home, self.owner(), grants, box_id, self.config.proxy_host
+                )
+                env.update(box_run.env)
+                files.extend(box_run.files)
+            state: dict[str, Any] = {"hooks": states, "creating": True}
+            if box_run is not None:
+                state["proxy_run"] = box_run.run_id
+            session = BoxSession(
+                box_id=box_id,
+                token_hash=hash_token(token),
+                image=image,
+                runtime=runtime.name,
+                description=description,
+                hook_state=state,
+            )
+            await store.boxes.put(session)
+            saved = True
+            box = await runtime.create(
+                BoxSpec(
+                    box_id=box_id,
+                    image=image,
+                    description=description,
+                    env=env,
+                    files=tuple(files),
+                    command=tuple(login.command) or None,
+                    network=self.config.network or None,
+                )
+            )
+            if box_run is not None:
+                await grants_mod.bind(self.kernel.home, box_run, box.container_id)
+            created = {k: v for k, v in state.items() if k != "creating"}
+            session = replace(session, hook_state=created)
+            await store.boxes.put(session)
+        except BaseException:
+            if saved:
+                await store.boxes.delete(box_id)
+            if box_run is not None:
+                await grants_mod.unregister(self.kernel.home, box_run.run_id)
+            await hooks_mod.run_destroy(hooks, event, states)
+            raise
+        await self._audit("box.create", box_id, {"image": image, "grants": grants})
+        return Created(session, token, self.auth_url(token))
+
+    async def destroy(self, box_id: str) -> None:
+        """Destroy the box and forget its session (replaying destroy hooks, dropping its run)."""
+        check_box_id(box_id)
+        session = await self._session(box_id)
+        try:
+            await self.runtime.destroy(box_id)
+        except NotFound:
+            if session is None:
+                raise NotFound(f"no box {box_id!r}") from None
+        if session is not None:
+            await self._forget(session)
+        await self._audit("box.destroy", box_id, {})
+
+    async def _forget(self, session: BoxSession) -> None:
+        event = BoxHookEvent(
+            box_id=session.box_id,
+            image=session.image,
+            runtime=session.runtime,
+            description=session.description,
+            spoke=session.spoke,
+        )
+        await hooks_mod.run_destroy(self.hooks(), event, session.hook_state.get("hooks") or {})
+        run_id = session.hook_state.get("proxy_run")
+        if run_id:
+            await grants_mod.unregister(self.kernel.home, str(run_id))
+        await self.kernel.store.boxes.delete(session.box_id)
+
+    # ------------------------------------------------------------------ reads
+
+    async def _session(self, box_id: str) -> BoxSession | None:
+        try:
+            return await self.kernel.store.boxes.get(box_id)
+        except NotFound:
+            return None
+
+    async def get(self, box_id: str) -> dict[str, Any]:
+        """The box and its session; ``NotFound`` when neither exists."""
+        check_box_id(box_id)
+        session = await self._session(box_id)
+        try:
+            box: Box | None = await self.runtime.get(box_id)
+        except NotFound:
+            box = None
+        if box is None and session is None:
+            raise NotFound(f"no box {box_id!r}")
+        out = session_dict(session, box)
+        if session is not None and session.status is not BoxStatus.READY and box is not None:
+            out["login_url"] = await self.login_url(session)
+        return out
+
+    async def list_boxes(self) -> list[dict[str, Any]]:
+        """Every managed box with its session (and sessions whose box is gone)."""
+        boxes = {b.id: b for b in await self.runtime.list()}
+        sessions = {s.box_id: s for s in await self.kernel.store.boxes.list()}
+        ids = sorted(set(boxes) | set(sessions))
+        return [session_dict(sessions.get(i), boxes.get(i)) for i in ids]
+
+    async def exec(self, box_id: str, command: str, *, timeout: float | None = None) -> ExecResult:
+        """Run ``sh -c command`` in the box."""
+        check_box_id(box_id)
+        if not command.strip():
+            raise InvalidInput("command: give a shell command line")
+        if len(command) > MAX_COMMAND:
+            raise InvalidInput(f"command: at most {MAX_COMMAND} characters")
+        return await self.runtime.exec(box_id, command, timeout=timeout)
+
+    async def logs(self, box_id: str, tail: int = 200) -> str:
+        """The last ``tail`` lines of the box's console (1..10000)."""
+        check_box_id(box_id)
+        if not 1 <= tail <= 10_000:
+            raise InvalidInput("tail: between 1 and 10000 lines")
+        return await self.runtime.logs(box_id, tail)
+
+    # ------------------------------------------------------------------ the auth page
+
+    async def session_for_token(self, token: str) -> BoxSession:
+        """The session an auth-page token opens; ``NotFound`` says the link is not valid."""
+        if len(token) != 64 or any(c not in "0123456789abcdef" for c in token):
+            raise NotFound("this sign-in link is not valid (or the box is gone)")
+        try:
+            return await self.kernel.store.boxes.find_by_token(hash_token(token))
+        except NotFound:
+            raise NotFound("this sign-in link is not valid (or the box is gone)") from None
+
+    async def login_url(self, session: BoxSession) -> str | None:
+        """The sign-in URL the box printed, if any."""
+        try:
+            output = await self.runtime.logs(session.box_id, LOGIN_TAIL)
+        except NotFound:
+            return None
+        return login_url(self.config.login_for(session.image), output)
+
+    async def submit_code(self, token: str, code: str) -> BoxSession:
+        """Send the person's code to the box's login and wait for ready or an error. The code
+        goes to the box's stdin only: it is never stored, logged or returned."""
+        code = code.strip()
+        session = await self.session_for_token(token)
+        if not code:
+            raise InvalidInput("paste the code the sign-in page gave you (it was empty)")
+        if "\n" in code or "\r" in code or len(code) > 4096:
+            raise InvalidInput("the code must be one line of at most 4096 characters")
+        if session.status is BoxStatus.READY:
+            raise Conflict(f"box {session.box_id} is ready already")
+        register_secret(code)
+        spec = self.config.login_for(session.image)
+        runtime = self.runtime
+        before = await runtime.logs(session.box_id, LOGIN_TAIL)
+        await runtime.write_stdin(session.box_id, (code + "\n").encode())
+        deadline = time.monotonic() + spec.ready_timeout
+        error: str | None = None
+        session_url: str | None = None
+        ready = False
+        while True:
+            now = await runtime.logs(session.box_id, LOGIN_TAIL)
+            result = outcome(spec, output_after(before, now), code)
+            if result.ready or result.error:
+                ready, error, session_url = result.ready, result.error, result.session_url
+                break
+            box = await runtime.get(session.box_id)
+            if box.state not in ("running", "created", "restarting"):
+                error = f"the box's login process ended (box {box.state}) without saying ready"
+                break
+            if time.monotonic() > deadline:
+                error = f"the box did not say ready within {spec.ready_timeout:g} s"
+                break
+            await asyncio.sleep(0.2)
+        updated = replace(
+            session,
+            status=BoxStatus.READY if ready else BoxStatus.ERROR,
+            error=None if ready else redact_text(error or "the login failed"),
+            session_url=session_url,
+            updated_at=utcnow(),
+        )
+        await self.kernel.store.boxes.put(updated)
+        await self._audit("box.ready" if ready else "box.login_failed", session.box_id, {})
+        return updated
+
+    # ------------------------------------------------------------------ start-up and reaping
+
+    async def restore(self) -> tuple[list[str], list[str]]:
+        """Keep sessions whose box exists; drop (with their destroy hooks) the others — except a
+        session whose box is still being created (here or by the CLI) and less than a minute
+        old: it is kept until the next start."""
+        async with self._create_lock:
+            return await self._restore()
+
+    async def _restore(self) -> tuple[list[str], list[str]]:
+        boxes = {b.id for b in await self.runtime.list()}
+        settling = utcnow() - timedelta(seconds=CREATE_GRACE)
+        kept, dropped = [], []
+        for session in await self.kernel.store.boxes.list():
+            creating = bool(session.hook_state.get("creating"))
+            if session.box_id in boxes or (creating and session.created_at > settling):
+                kept.append(session.box_id)
+            else:
+                await self._forget(session)
+                dropped.append(session.box_id)
+        if dropped:
+            log.warning("dropped %d box session(s) whose box is gone: %s", len(dropped), dropped)
+        return kept, dropped
+
+    async def reap(self) -> list[str]:
+        """Destroy boxes still not ready ``auth_ttl`` after creation; ready boxes stay."""
+        cutoff = utcnow() - timedelta(seconds=self.config.auth_ttl)
+        reaped = []
+        for session in await self.kernel.store.boxes.list():
+            if session.status is BoxStatus.READY or session.created_at > cutoff:
+                continue
+            try:
+                await self.destroy(session.box_id)
+            except Exception as exc:
+                log.warning("reaper: box %s: %s", session.box_id, redact_text(str(exc)))
+                continue
+            reaped.append(session.box_id)
+        if reaped:
+            log.warning("reaper: destroyed %d box(es) never signed in: %s", len(reaped), reaped)
+        return reaped
+
+    async def _audit(self, action: str, box_id: str, detail: dict[str, Any]) -> None:
+        await self.kernel.store.audit.append(
+            action, actor="boxes", detail={"box_id": box_id, **detail}
+        )
+
+
+_managers: weakref.WeakKeyDictionary[Any, BoxManager] = weakref.WeakKeyDictionary()
+
+
+def manager_for(kernel: KernelAPI) -> BoxManager:
+    """The one manager of a kernel (tools, the auth page and the reaper share it)."""
+    manager = _managers.get(kernel)
+    if manager is None:
+        manager = _managers[kernel] = BoxManager(kernel)
+    return manager
