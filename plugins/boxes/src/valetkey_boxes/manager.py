@@ -21,6 +21,7 @@ import os
 import secrets
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -119,6 +120,8 @@ class BoxManager:
         self.kernel = kernel
         self.config = config or kernel.plugin_config("boxes") or BoxesConfig()
         self._create_lock = asyncio.Lock()
+        #: ``spoke name → BoxRuntime`` of remote spokes (set by clustering; None: local only)
+        self.spoke_runtime: Callable[[str], BoxRuntime] | None = None
 
     # ------------------------------------------------------------------ parts
 
@@ -126,6 +129,23 @@ class BoxManager:
     def runtime(self) -> BoxRuntime:
         """The runtime boxes run on (``[plugin.boxes] runtime``, else the selected one)."""
         return self.kernel.runtime(self.config.runtime or None)
+
+    def runtime_for(self, spoke: str | None) -> BoxRuntime:
+        """The runtime boxes of ``spoke`` run on: this server's own for no spoke (or
+        ``local``); a remote spoke's through ``spoke_runtime`` once clustering sets it."""
+        if spoke in (None, "", "local"):
+            return self.runtime
+        if self.spoke_runtime is None:
+            raise NotFound(
+                f"no spoke named {spoke!r}: this server runs boxes on its own runtime only "
+                "(clustering is not configured)"
+            )
+        return self.spoke_runtime(spoke)
+
+    async def runtime_of(self, box_id: str) -> BoxRuntime:
+        """The runtime of an existing box (its session names the spoke)."""
+        session = await self._session(box_id)
+        return self.runtime_for(session.spoke if session is not None else None)
 
     def hooks(self) -> list[tuple[str, BoxHook]]:
         """Plugin hooks (name order), then the configured executables."""
@@ -156,11 +176,8 @@ class BoxManager:
         """Create a box and its PENDING session. Bad input fails before any container exists;
         a failure after the hooks ran replays their destroy and leaves nothing behind."""
         check_box_id(box_id)
-        if spoke not in (None, "", "local"):
-            raise NotFound(
-                f"no spoke named {spoke!r}: this server runs boxes on its own runtime only "
-                "(clustering is not configured)"
-            )
+        runtime = self.runtime_for(spoke)  # NotFound for an unknown spoke, before anything
+        spoke = None if spoke in (None, "", "local") else spoke
         image = (image or self.config.default_image).strip()
         if not image:
             raise InvalidInput("no image: name one, or set [plugin.boxes] default_image")
@@ -170,12 +187,18 @@ class BoxManager:
         if len(set(grants)) != len(grants):
             raise InvalidInput("grants: a grant is named twice")
         async with self._create_lock:
-            return await self._create(box_id, image, description, grants)
+            return await self._create(box_id, image, description, grants, runtime, spoke)
 
     async def _create(
-        self, box_id: str, image: str, description: str, grants: list[str]
+        self,
+        box_id: str,
+        image: str,
+        description: str,
+        grants: list[str],
+        runtime: BoxRuntime,
+        spoke: str | None,
     ) -> Created:
-        store, runtime = self.kernel.store, self.runtime
+        store = self.kernel.store
         try:
             await store.boxes.get(box_id)
         except NotFound:
@@ -208,6 +231,7 @@ class BoxManager:
                 image=image,
                 runtime=runtime.name,
                 description=description,
+                spoke=spoke,
                 hook_state=state,
             )
             await store.boxes.put(session)
@@ -243,7 +267,7 @@ class BoxManager:
         check_box_id(box_id)
         session = await self._session(box_id)
         try:
-            await self.runtime.destroy(box_id)
+            await self.runtime_for(session.spoke if session else None).destroy(box_id)
         except NotFound:
             if session is None:
                 raise NotFound(f"no box {box_id!r}") from None
@@ -278,7 +302,7 @@ class BoxManager:
         check_box_id(box_id)
         session = await self._session(box_id)
         try:
-            box: Box | None = await self.runtime.get(box_id)
+            box: Box | None = await self.runtime_for(session.spoke if session else None).get(box_id)
         except NotFound:
             box = None
         if box is None and session is None:
@@ -302,14 +326,14 @@ class BoxManager:
             raise InvalidInput("command: give a shell command line")
         if len(command) > MAX_COMMAND:
             raise InvalidInput(f"command: at most {MAX_COMMAND} characters")
-        return await self.runtime.exec(box_id, command, timeout=timeout)
+        return await (await self.runtime_of(box_id)).exec(box_id, command, timeout=timeout)
 
     async def logs(self, box_id: str, tail: int = 200) -> str:
         """The last ``tail`` lines of the box's console (1..10000)."""
         check_box_id(box_id)
         if not 1 <= tail <= 10_000:
             raise InvalidInput("tail: between 1 and 10000 lines")
-        return await self.runtime.logs(box_id, tail)
+        return await (await self.runtime_of(box_id)).logs(box_id, tail)
 
     # ------------------------------------------------------------------ the auth page
 
@@ -325,7 +349,7 @@ class BoxManager:
     async def login_url(self, session: BoxSession) -> str | None:
         """The sign-in URL the box printed, if any."""
         try:
-            output = await self.runtime.logs(session.box_id, LOGIN_TAIL)
+            output = await self.runtime_for(session.spoke).logs(session.box_id, LOGIN_TAIL)
         except NotFound:
             return None
         return login_url(self.config.login_for(session.image), output)
@@ -343,7 +367,7 @@ class BoxManager:
             raise Conflict(f"box {session.box_id} is ready already")
         register_secret(code)
         spec = self.config.login_for(session.image)
-        runtime = self.runtime
+        runtime = self.runtime_for(session.spoke)
         before = await runtime.logs(session.box_id, LOGIN_TAIL)
         await runtime.write_stdin(session.box_id, (code + "\n").encode())
         deadline = time.monotonic() + spec.ready_timeout
@@ -389,6 +413,9 @@ class BoxManager:
         settling = utcnow() - timedelta(seconds=CREATE_GRACE)
         kept, dropped = [], []
         for session in await self.kernel.store.boxes.list():
+            if session.spoke:  # a remote spoke's box: its spoke reports it when connected
+                kept.append(session.box_id)
+                continue
             creating = bool(session.hook_state.get("creating"))
             if session.box_id in boxes or (creating and session.created_at > settling):
                 kept.append(session.box_id)
