@@ -114,6 +114,13 @@ async def test_default_limits_network_labels_and_init(
     assert host["PidsLimit"] == 4096
     assert host["NetworkMode"] == "none"
     assert host["Init"] is True
+    # least privilege: every capability dropped but a few, no privilege gain, bounded logs
+    assert host["CapDrop"] == ["ALL"]
+    assert sorted(host["CapAdd"]) == ["CHOWN", "DAC_OVERRIDE", "FOWNER", "KILL", "SETGID", "SETUID"]
+    assert host["SecurityOpt"] == ["no-new-privileges"]
+    assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "10m"}}
+    caps = await runtime.exec(box_id, "grep CapEff /proc/self/status")
+    assert int(caps.stdout.split()[1], 16) & (1 << 13) == 0  # CAP_NET_RAW is gone
     labels = info["Config"]["Labels"]
     assert labels["valetkey.managed"] == "1"
     assert labels["valetkey.box-id"] == box_id

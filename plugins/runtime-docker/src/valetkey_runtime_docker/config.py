@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from valetkey_hookspecs import ConfigError
 
@@ -42,6 +42,15 @@ class DockerConfig:
     init: bool = True
     #: ``missing``: pull an image the engine does not have; ``never``: fail instead
     pull: str = "missing"
+    #: Linux capabilities a box keeps (every other one is dropped: no raw sockets, no mounts,
+    #: no ptrace of the host's processes); enough to install packages and run services as root
+    cap_add: list[str] = field(
+        default_factory=lambda: ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID", "KILL"]
+    )
+    #: processes in a box cannot gain privileges (setuid binaries) beyond their parent's
+    no_new_privileges: bool = True
+    #: the engine keeps at most this much console output per box (a box cannot fill the disk)
+    log_max_size: str = "10m"
 
     def __post_init__(self) -> None:
         positive = ("memory_mib", "cpus", "pids", "exec_timeout", "api_timeout")

@@ -260,6 +260,10 @@ class DockerRuntime:
             pids_limit=pids,
             network_mode=network,
             init=self.config.init or None,
+            cap_drop=["ALL"],
+            cap_add=list(self.config.cap_add) or None,
+            security_opt=["no-new-privileges"] if self.config.no_new_privileges else None,
+            log_config={"type": "json-file", "config": {"max-size": self.config.log_max_size}},
         )
         create = partial(
             api.create_container,
