@@ -332,6 +332,34 @@ async def test_an_unmanaged_container_is_never_touched(
 
 
 @pytest.mark.anyio
+async def test_a_container_named_like_a_box_without_our_labels_is_not_a_box(
+    runtime: DockerRuntime, dockerd: Any, api: Any, box_id: str
+) -> None:
+    name = f"valetkey-{box_id}"  # the name of a box, but not labelled as one of ours
+    for labels in ({}, {"valetkey.managed": "1", "valetkey.box-id": "someone-else"}):
+        api.create_container(
+            dockerd.image,
+            ["sleep", "600"],
+            name=name,
+            labels=labels,
+            host_config=api.create_host_config(network_mode="none", init=True),
+        )
+        api.start(name)
+        try:
+            assert box_id not in {b.id for b in await runtime.list()}
+            for call in (
+                runtime.get(box_id),
+                runtime.destroy(box_id),
+                runtime.exec(box_id, "true"),
+            ):
+                with pytest.raises(NotFound):
+                    await call
+            assert api.inspect_container(name)["State"]["Running"] is True
+        finally:
+            api.remove_container(name, force=True)
+
+
+@pytest.mark.anyio
 async def test_a_foreign_container_on_a_box_name_is_a_conflict_and_left_alone(
     runtime: DockerRuntime, dockerd: Any, api: Any, box_id: str
 ) -> None:
