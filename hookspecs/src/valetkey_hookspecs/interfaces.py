@@ -150,6 +150,22 @@ class CredentialRepo(Protocol):
         """Credentials of ACTIVE connections expiring before ``before``, soonest first."""
         ...
 
+    async def claim_due(
+        self, before: datetime, limit: int, holder: str, ttl: float
+    ) -> list[Credential]:
+        """Like ``due``, but every credential returned is leased to ``holder`` for ``ttl``
+        seconds in the same atomic step — the lease ``refresh:<connection id>`` of ``Leases``,
+        the one a single-flight refresh takes — and credentials whose lease another holder
+        has (unexpired) are left out. Several servers claiming at once get disjoint sets; a
+        holder's own unexpired claims come back to it (renewed); claims of a crashed server
+        are claimed by others once they expire. Release each with
+        ``leases.release(f"refresh:{connection_id}", holder)``. ``InvalidInput`` for a ttl
+        that is not positive.
+
+        .. versionadded:: 0.2 (callers fall back to ``due`` on a store without it)
+        """
+        ...
+
     async def key_ids(self) -> dict[str, int]:
         """How many credentials are sealed under each key id."""
         ...

@@ -27,6 +27,11 @@ CORE_COMMANDS: list[tuple[str, str, str]] = [
     ),
     ("valetkey.cli.vault_cmd:app", "vault", "Inspect the vault and rotate its key-encryption key."),
     (
+        "valetkey.cli.store_cmd:app",
+        "store",
+        "Move valetkey's records between stores (SQLite to PostgreSQL).",
+    ),
+    (
         "valetkey.cli.serve_cmd:serve",
         "serve",
         "Run the valetkey server (REST API, /mcp, services).",

@@ -52,7 +52,7 @@ import anyio
 import pytest
 
 from ..audit import GENESIS, verify_chain
-from ..errors import Conflict, NotFound
+from ..errors import Conflict, InvalidInput, NotFound
 from ..interfaces import Rewrap, Store
 from ..types import (
     ApiToken,
@@ -520,6 +520,71 @@ class StoreContract:
             await store.credentials.put(_credential(status.value, expires_at=T0))
         due = await store.credentials.due(T0 + timedelta(days=1), 10)
         assert [c.connection_id for c in due] == ["ok"]
+
+    async def test_claim_due_leases_what_it_returns_and_skips_others_claims(
+        self, store: Store
+    ) -> None:
+        for n in range(6):
+            await store.connections.create(_connection(f"c{n}"))
+            await store.credentials.put(_credential(f"c{n}", expires_at=T0 + timedelta(minutes=n)))
+        before = T0 + timedelta(hours=1)
+        first = await store.credentials.claim_due(before, 4, "server-a", 30)
+        assert [c.connection_id for c in first] == ["c0", "c1", "c2", "c3"]
+        assert await store.leases.holder("refresh:c0") == "server-a"
+        second = await store.credentials.claim_due(before, 4, "server-b", 30)
+        assert [c.connection_id for c in second] == ["c4", "c5"]
+        assert await store.credentials.claim_due(before, 4, "server-c", 30) == []
+        again = await store.credentials.claim_due(before, 10, "server-a", 30)
+        assert [c.connection_id for c in again] == ["c0", "c1", "c2", "c3"]  # renewed
+        await store.leases.release("refresh:c1", "server-a")
+        freed = await store.credentials.claim_due(before, 10, "server-c", 30)
+        assert [c.connection_id for c in freed] == ["c1"]
+
+    async def test_claim_due_takes_over_expired_claims(self, store: Store) -> None:
+        await store.connections.create(_connection("c1"))
+        await store.credentials.put(_credential("c1", expires_at=T0))
+        before = T0 + timedelta(hours=1)
+        assert len(await store.credentials.claim_due(before, 10, "crashed", 0.1)) == 1
+        assert await store.credentials.claim_due(before, 10, "survivor", 30) == []
+        await anyio.sleep(0.2)
+        (taken,) = await store.credentials.claim_due(before, 10, "survivor", 30)
+        assert taken.connection_id == "c1"
+        assert await store.leases.holder("refresh:c1") == "survivor"
+
+    async def test_claim_due_skips_non_active_and_not_yet_due(self, store: Store) -> None:
+        await store.connections.create(_connection("ok"))
+        await store.credentials.put(_credential("ok", expires_at=T0))
+        await store.connections.create(_connection("later"))
+        await store.credentials.put(_credential("later", expires_at=T0 + timedelta(days=2)))
+        await store.connections.create(_connection("reauth", status=ConnectionStatus.NEEDS_REAUTH))
+        await store.credentials.put(_credential("reauth", expires_at=T0))
+        claimed = await store.credentials.claim_due(T0 + timedelta(days=1), 10, "a", 30)
+        assert [c.connection_id for c in claimed] == ["ok"]
+        assert await store.credentials.claim_due(T0 + timedelta(days=1), 0, "b", 30) == []
+        with pytest.raises(InvalidInput, match="ttl"):
+            await store.credentials.claim_due(T0, 10, "a", 0)
+
+    async def test_concurrent_claims_are_disjoint(self, store: Store) -> None:
+        for n in range(30):
+            await store.connections.create(_connection(f"c{n:02d}"))
+            await store.credentials.put(_credential(f"c{n:02d}", expires_at=T0))
+        got: list[str] = []
+
+        async def claim(holder: str) -> None:
+            while batch := await store.credentials.claim_due(
+                T0 + timedelta(hours=1), 4, holder, 30
+            ):
+                got.extend(c.connection_id for c in batch)
+                for c in batch:  # what a refresher does: store a later expiry, release
+                    await store.credentials.replace(
+                        c.connection_id, c.sealed, T0 + timedelta(days=1)
+                    )
+                    await store.leases.release(f"refresh:{c.connection_id}", holder)
+
+        async with anyio.create_task_group() as tg:
+            for n in range(3):
+                tg.start_soon(claim, f"worker-{n}")
+        assert sorted(got) == [f"c{n:02d}" for n in range(30)]
 
     async def test_key_ids_counts_credentials_per_key(self, store: Store) -> None:
         assert await store.credentials.key_ids() == {}

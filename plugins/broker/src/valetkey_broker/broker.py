@@ -49,6 +49,10 @@ from .ids import check_owner, credential_id, new_id, process_id
 
 log = logging.getLogger("valetkey.broker")
 
+#: credentials a refresh-ahead pass claims at a time: a claimed credential's lease makes a vend
+#: on another server wait for this one's refresh, so claims stay a few refreshes deep
+CLAIM_CHUNK = 10
+
 
 @dataclass
 class RefreshReport:
@@ -229,38 +233,76 @@ class Broker:
     ) -> RefreshReport:
         """Refresh credentials of ACTIVE connections that expire within the lead, soonest first.
 
-        A credential that failed recently is skipped for a few minutes so it does not block the
-        queue; a rate-limited provider is left for the next pass (nothing is sent).
+        On a store with ``credentials.claim_due`` (every bundled store), work is claimed a few
+        credentials at a time under their refresh leases, so several servers on one database
+        refresh disjoint credentials and take over a crashed server's claims once its leases
+        expire; otherwise the ``due`` list is walked and the lease of each refresh keeps it
+        single-flight. A credential that failed recently is skipped for a few minutes so it
+        does not block the queue; a rate-limited provider is left for the next pass.
         """
         report = RefreshReport()
         now_mono = time.monotonic()
         self._cooldown = {k: t for k, t in self._cooldown.items() if t > now_mono}
         batch = limit or self.config.batch_size
         before = self._clock() + timedelta(seconds=self.config.refresh_lead)
-        due = await self.store.credentials.due(before, batch + len(self._cooldown))
-        for cred in due:
-            if len(report.refreshed) + len(report.failed) + len(report.needs_reauth) >= batch:
+        claim = getattr(self.store.credentials, "claim_due", None)
+        if claim is None:
+            due = await self.store.credentials.due(before, batch + len(self._cooldown))
+            for cred in due:
+                if _handled(report) >= batch:
+                    break
+                await self._refresh_due_one(cred, report, actor, now_mono)
+            return report
+        seen: set[str] = set()
+        while _handled(report) < batch:
+            want = min(CLAIM_CHUNK, batch - _handled(report))
+            chunk: list[Credential] = await claim(
+                before, want + len(seen), self._holder, self.config.lease_ttl
+            )
+            new = [cred for cred in chunk if cred.connection_id not in seen]
+            for cred in chunk:
+                if cred.connection_id in seen:  # skipped earlier in this pass: not ours to keep
+                    await self.store.leases.release(f"refresh:{cred.connection_id}", self._holder)
+            if not new:
                 break
-            if cred.connection_id in self._cooldown:
-                report.skipped.append(cred.connection_id)
-                continue
-            try:
-                conn = await self.store.connections.get(cred.connection_id)
-                secret = self._open(cred)
-                if not secret.refresh_token:
-                    report.skipped.append(conn.id)
-                    continue
-                await self._refresh_once(conn, cred, secret, actor)
-                report.refreshed.append(conn.id)
-            except RateLimited:
-                report.rate_limited.append(cred.connection_id)
-            except NeedsReauth:
-                report.needs_reauth.append(cred.connection_id)
-            except ValetkeyError as exc:
-                log.warning("refresh of %s failed: %s", cred.connection_id, exc)
-                report.failed.append(cred.connection_id)
-                self._cooldown[cred.connection_id] = now_mono + 300
+            for index, cred in enumerate(new):
+                if _handled(report) >= batch:
+                    for rest in new[index:]:
+                        await self.store.leases.release(
+                            f"refresh:{rest.connection_id}", self._holder
+                        )
+                    break
+                seen.add(cred.connection_id)
+                if not await self._refresh_due_one(cred, report, actor, now_mono):
+                    await self.store.leases.release(f"refresh:{cred.connection_id}", self._holder)
         return report
+
+    async def _refresh_due_one(
+        self, cred: Credential, report: RefreshReport, actor: str, now_mono: float
+    ) -> bool:
+        """Refresh one due credential into ``report``; False when it was not attempted (its
+        claim is then the caller's to release)."""
+        if cred.connection_id in self._cooldown:
+            report.skipped.append(cred.connection_id)
+            return False
+        try:
+            conn = await self.store.connections.get(cred.connection_id)
+            secret = self._open(cred)
+            if not secret.refresh_token:
+                report.skipped.append(conn.id)
+                return False
+            await self._refresh_once(conn, cred, secret, actor)
+            report.refreshed.append(conn.id)
+        except RateLimited:
+            report.rate_limited.append(cred.connection_id)
+        except NeedsReauth:
+            report.needs_reauth.append(cred.connection_id)
+        except ValetkeyError as exc:
+            log.warning("refresh of %s failed: %s", cred.connection_id, exc)
+            report.failed.append(cred.connection_id)
+            self._cooldown[cred.connection_id] = now_mono + 300
+            return False
+        return True
 
     # ------------------------------------------------------------------ internals
 
@@ -471,6 +513,11 @@ class Broker:
 
     def _provider(self, connector: Connector) -> CredentialProvider:
         return self._kernel.credential_provider(connector.auth.type.value)
+
+
+def _handled(report: RefreshReport) -> int:
+    """Refreshes a pass attempted (what counts against its batch)."""
+    return len(report.refreshed) + len(report.failed) + len(report.needs_reauth)
 
 
 def _remember(secret: Secret) -> None:

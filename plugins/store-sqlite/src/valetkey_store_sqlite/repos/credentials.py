@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from valetkey_hookspecs.errors import Conflict, NotFound, PluginError
+from valetkey_hookspecs.errors import Conflict, InvalidInput, NotFound, PluginError
 from valetkey_hookspecs.interfaces import Rewrap
-from valetkey_hookspecs.types import Connection, Credential, CredentialKind, Sealed
+from valetkey_hookspecs.types import Connection, Credential, CredentialKind, Sealed, utcnow
 
 from ..codec import enum_value, from_us, now_us, opt_from_us, opt_to_us, sealed_from, to_us
 from ..db import Database
@@ -171,6 +171,40 @@ class SqliteCredentials:
             (to_us(before, "before"), limit),
         )
         return [credential_from(row) for row in rows]
+
+    async def claim_due(
+        self, before: datetime, limit: int, holder: str, ttl: float
+    ) -> list[Credential]:
+        """Like ``due``, but each credential returned is leased to ``holder`` for ``ttl``
+        seconds (lease ``refresh:<connection id>``) in the same ``BEGIN IMMEDIATE``
+        transaction, and credentials another holder leases (unexpired) are left out."""
+        if not ttl > 0:
+            raise InvalidInput("claim_due: ttl must be a positive number of seconds")
+        if limit <= 0:
+            return []
+        now = utcnow()
+        now_us, until_us = to_us(now, "now"), to_us(now + timedelta(seconds=ttl), "expiry")
+        params = (to_us(before, "before"), holder, now_us, limit)
+
+        def claim(raw: sqlite3.Connection) -> list[sqlite3.Row]:
+            rows = raw.execute(
+                f"SELECT {', '.join('cr.' + c for c in COLUMNS.split(', '))} "
+                "FROM credentials cr JOIN connections c ON c.id = cr.connection_id "
+                "LEFT JOIN leases l ON l.name = 'refresh:' || cr.connection_id "
+                "WHERE cr.expires_at IS NOT NULL AND cr.expires_at < ? AND c.status = 'ACTIVE' "
+                "AND (l.name IS NULL OR l.holder = ? OR l.expires_at <= ?) "
+                "ORDER BY cr.expires_at, cr.id LIMIT ?",
+                params,
+            ).fetchall()
+            raw.executemany(
+                "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
+                "expires_at = excluded.expires_at",
+                [(f"refresh:{row['connection_id']}", holder, until_us) for row in rows],
+            )
+            return rows
+
+        return [credential_from(row) for row in await self._db.transaction(claim)]
 
     async def key_ids(self) -> dict[str, int]:
         """How many credentials are sealed under each key id."""

@@ -1,0 +1,1 @@
+"""One module per repository of the PostgreSQL store."""

@@ -1,0 +1,148 @@
+"""Spokes of a hub (credentials stored hashed) and their one-time join tokens.
+
+``consume_join_token`` is one ``UPDATE ... RETURNING`` that only matches an unused, unexpired
+token: two spokes racing for one token cannot both enroll.
+"""
+
+from __future__ import annotations
+
+import builtins
+from datetime import datetime
+from typing import Any
+
+from valetkey_hookspecs.errors import Conflict, NotFound
+from valetkey_hookspecs.types import JoinToken, Spoke
+
+from ..codec import from_json, from_us, opt_from_us, opt_to_us, to_json, to_us
+from ..db import Database
+
+COLUMNS = "id, name, credential_hash, created_at, last_seen_at, data"
+JOIN_COLUMNS = "id, token_hash, expires_at, created_at, used_at, used_by"
+
+
+def spoke_from(row: Any) -> Spoke:
+    """A ``Spoke`` from a row."""
+    return Spoke(
+        id=row["id"],
+        name=row["name"],
+        credential_hash=row["credential_hash"],
+        created_at=from_us(row["created_at"]),
+        last_seen_at=opt_from_us(row["last_seen_at"]),
+        data=from_json(row["data"]),
+    )
+
+
+def join_token_from(row: Any) -> JoinToken:
+    """A ``JoinToken`` from a row."""
+    return JoinToken(
+        id=row["id"],
+        token_hash=row["token_hash"],
+        expires_at=from_us(row["expires_at"]),
+        created_at=from_us(row["created_at"]),
+        used_at=opt_from_us(row["used_at"]),
+        used_by=row["used_by"],
+    )
+
+
+class PostgresSpokes:
+    """``SpokeRepo`` on PostgreSQL."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def put(self, spoke: Spoke) -> None:
+        """Insert or replace (by id); ``Conflict`` if another spoke has the name or the
+        credential."""
+        await self._db.execute(
+            f"INSERT INTO spokes ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) "
+            "ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
+            "credential_hash = excluded.credential_hash, created_at = excluded.created_at, "
+            "last_seen_at = excluded.last_seen_at, data = excluded.data",
+            spoke.id,
+            spoke.name,
+            spoke.credential_hash,
+            to_us(spoke.created_at, "spoke created_at"),
+            opt_to_us(spoke.last_seen_at, "spoke last_seen_at"),
+            to_json(spoke.data, f"data of spoke {spoke.id!r}"),
+            errors={
+                "spokes_name_key": Conflict(f"another spoke is named {spoke.name!r}"),
+                "spokes_credential_hash_key": Conflict(
+                    f"spoke {spoke.id!r}: another spoke has the same credential"
+                ),
+            },
+        )
+
+    async def get(self, spoke_id: str) -> Spoke:
+        """``NotFound`` if missing."""
+        row = await self._db.fetchrow(f"SELECT {COLUMNS} FROM spokes WHERE id = $1", spoke_id)
+        if row is None:
+            raise NotFound(f"spoke {spoke_id!r} not found")
+        return spoke_from(row)
+
+    async def find_by_credential(self, credential_hash: str) -> Spoke:
+        """``NotFound`` if no spoke has this credential."""
+        row = await self._db.fetchrow(
+            f"SELECT {COLUMNS} FROM spokes WHERE credential_hash = $1", credential_hash
+        )
+        if row is None:
+            raise NotFound("no spoke has this credential")
+        return spoke_from(row)
+
+    async def list(self) -> builtins.list[Spoke]:
+        """Ordered by name."""
+        rows = await self._db.fetch(f"SELECT {COLUMNS} FROM spokes ORDER BY name")
+        return [spoke_from(row) for row in rows]
+
+    async def delete(self, spoke_id: str) -> None:
+        """``NotFound`` if missing."""
+        row = await self._db.fetchrow("DELETE FROM spokes WHERE id = $1 RETURNING id", spoke_id)
+        if row is None:
+            raise NotFound(f"spoke {spoke_id!r} not found")
+
+    async def add_join_token(self, token: JoinToken) -> None:
+        """Insert a join token; ``Conflict`` if the id or hash exists."""
+        await self._db.execute(
+            f"INSERT INTO join_tokens ({JOIN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)",
+            token.id,
+            token.token_hash,
+            to_us(token.expires_at, "join token expires_at"),
+            to_us(token.created_at, "join token created_at"),
+            opt_to_us(token.used_at, "join token used_at"),
+            token.used_by,
+            errors={
+                "join_tokens_pkey": Conflict(f"join token {token.id!r} exists already"),
+                "join_tokens_token_hash_key": Conflict(
+                    f"join token {token.id!r}: another token has the same hash"
+                ),
+            },
+        )
+
+    async def consume_join_token(self, token_hash: str, now: datetime, used_by: str) -> JoinToken:
+        """Mark a valid token used, atomically; ``NotFound`` if unknown, used or expired."""
+        at = to_us(now, "now")
+        row = await self._db.fetchrow(
+            "UPDATE join_tokens SET used_at = $1, used_by = $2 "
+            "WHERE token_hash = $3 AND used_at IS NULL AND expires_at > $1 "
+            f"RETURNING {JOIN_COLUMNS}",
+            at,
+            used_by,
+            token_hash,
+        )
+        if row is None:
+            raise NotFound("no valid join token matches (unknown, used or expired)")
+        return join_token_from(row)
+
+    async def list_join_tokens(self) -> builtins.list[JoinToken]:
+        """Oldest first."""
+        rows = await self._db.fetch(
+            f"SELECT {JOIN_COLUMNS} FROM join_tokens ORDER BY created_at, id"
+        )
+        return [join_token_from(row) for row in rows]
+
+    async def revoke_join_token(self, token_id: str) -> None:
+        """Delete the token; ``NotFound`` if missing."""
+        row = await self._db.fetchrow(
+            "DELETE FROM join_tokens WHERE id = $1 RETURNING id", token_id
+        )
+        if row is None:
+            raise NotFound(f"join token {token_id!r} not found")
