@@ -250,9 +250,12 @@ def test_the_auth_page_in_headless_chromium(served, dockerd):
         assert label.text == "Code from the sign-in page"
         driver.find_element(By.ID, "code").send_keys(CODE)
         driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        WebDriverWait(driver, 20).until(
-            ec.text_to_be_present_in_element((By.TAG_NAME, "h1"), "is ready")
-        )
+        try:
+            WebDriverWait(driver, 20).until(
+                ec.text_to_be_present_in_element((By.TAG_NAME, "h1"), "is ready")
+            )
+        except Exception:
+            raise AssertionError(driver.page_source[:3000]) from None
         status = driver.find_element(By.CSS_SELECTOR, "[role=status]").text
         assert "Signed in" in status and CODE not in driver.page_source
     finally:
@@ -299,7 +302,7 @@ async def test_a_box_with_a_grant_gets_the_header_and_holds_a_placeholder(
         config,
         port,
         dockerd.image,
-        boxes='network = "host"',
+        boxes='network = "host"\nallow_host_network = true',
         extra=f"""
 [plugin.proxy]
 upstream_map = {{ "api.openai.com" = "127.0.0.1:{api.server_address[1]}" }}
@@ -320,8 +323,19 @@ upstream_map = {{ "api.openai.com" = "127.0.0.1:{api.server_address[1]}" }}
         async with Client(f"{server.url}/mcp") as client:
             created = await call(client, "create_box", box_id="granted", grants=["openai"])
             assert created["status"] == "pending", created
+            refused = await call(client, "exec_box", box_id="granted", command="env")
+            assert "waiting for its sign-in" in refused  # the login holds the code's stdin
+            wait_for_login_link(created["auth_url"])
+            _, field, cookies = auth_form(created["auth_url"])
+            done = httpx.post(
+                created["auth_url"], data={"csrf": field, "code": CODE}, cookies=cookies
+            )
+            assert "is ready" in done.text
             env = await call(client, "exec_box", box_id="granted", command="env")
             assert key not in json.dumps(env)
+            # the proxy run token sits in the box's HTTPS_PROXY: it never leaves through MCP
+            proxy_line = re.search(r"^HTTPS_PROXY=(.*)$", env["stdout"], re.M).group(1)
+            assert "[REDACTED]" in proxy_line and re.search(r"[0-9a-f]{64}", env["stdout"]) is None
             placeholder = re.search(r"^OPENAI_API_KEY=(vkph_\w+)$", env["stdout"], re.M).group(1)
             fetched = await call(
                 client,

@@ -18,10 +18,10 @@ WORKSPACE = ["store-sqlite", "secrets-keyring", "sealer-local", "runtime-docker"
 #: a login like an agent CLI's: print a sign-in URL, read the code, say ready with a session URL
 LOGIN = (
     "echo 'Open https://login.example.test/device?session=abc to sign in'; "
-    "read code; "
-    'case "$code" in bad*) echo "error: invalid code" ;; '
+    "while read code; do "
+    'case "$code" in bad*) echo "error: invalid code"; echo "paste another code" ;; '
     '*) echo "checking $code"; echo valetkey-ready; '
-    "echo 'session: https://session.example.test/s/42' ;; esac; "
+    "echo 'session: https://session.example.test/s/42'; break ;; esac; done; "
     "exec sleep 3600"
 )
 

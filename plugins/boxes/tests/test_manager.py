@@ -46,6 +46,9 @@ async def test_create_is_pending_with_an_auth_url_and_a_hashed_token(kernel, doc
     assert info["status"] == "pending" and info["state"] == "running"
     assert info["description"] == "triage bot"
     assert "token" not in info
+    with pytest.raises(Conflict, match="waiting for its sign-in"):
+        await manager.exec("alpha", "hostname")
+    await manager.submit_code(created.token, "code-1")
     hostname = await manager.exec("alpha", "hostname")
     assert hostname.stdout.strip() == "alpha"
     assert "alpha" in containers(dockerd) or any("alpha" in c for c in containers(dockerd))
@@ -121,18 +124,35 @@ async def test_a_failed_login_is_an_error_the_person_can_retry(kernel):
     assert failed.status is BoxStatus.ERROR
     assert failed.error == "error: invalid code"
     assert "bad-code-1" not in (failed.error or "")
+    again = await manager.submit_code(created.token, "good-code-2")  # the login asks again
+    assert again.status is BoxStatus.READY and again.error is None
     await manager.destroy("login2")
+
+
+async def test_destroy_while_the_box_is_created_elsewhere_is_refused(kernel):
+    manager = BoxManager(kernel)
+    assert await kernel.store.leases.acquire("box:busy", "another-process", 60)
+    with pytest.raises(Conflict, match="is being created"):
+        await manager.create("busy")
+    with pytest.raises(Conflict, match="is being created"):
+        await manager.destroy("busy")
+    assert await kernel.store.boxes.list() == []
 
 
 async def test_exec_logs_and_destroy(kernel, dockerd):
     manager = BoxManager(kernel)
-    await manager.create("work")
+    created = await manager.create("work")
+    await manager.submit_code(created.token, "code-for-work-77")
     result = await manager.exec("work", "echo hi; echo oops >&2; exit 3")
     assert (result.stdout, result.stderr, result.exit_code) == ("hi\n", "oops\n", 3)
     with pytest.raises(InvalidInput, match="give a shell command"):
         await manager.exec("work", "  ")
-    logs = await manager.logs("work", 5)
+    logs = await manager.logs("work", 10)
     assert "to sign in" in logs
+    # the login printed the code ("checking …"): what leaves the manager is redacted
+    assert "checking [REDACTED]" in logs and "code-for-work-77" not in logs
+    echoed = await manager.exec("work", "echo code-for-work-77")
+    assert echoed.stdout == "[REDACTED]\n"
     with pytest.raises(InvalidInput, match="between 1 and 10000"):
         await manager.logs("work", 0)
     await manager.destroy("work")
@@ -179,6 +199,35 @@ async def test_the_reaper_destroys_stale_pending_boxes_and_keeps_ready_ones(kern
     assert stale.token and fresh.token
     await manager.destroy("ready1")
     await manager.destroy("fresh")
+
+
+async def test_bad_exec_and_logs_input_changes_nothing(kernel):
+    manager = BoxManager(kernel)
+    created = await manager.create("limits")
+    await manager.submit_code(created.token, "ok-code")
+    with pytest.raises(InvalidInput, match="at most 16384 characters"):
+        await manager.exec("limits", "x" * 16_385)
+    with pytest.raises(InvalidInput, match="between 1 and 10000"):
+        await manager.logs("limits", 10_001)
+    for image, message in (
+        ("  ", "no image"),
+        ("--volume=/:/host", "not an image reference"),
+        ("busybox latest", "not an image reference"),
+    ):
+        with pytest.raises(InvalidInput, match=message):
+            await manager.create("img-bad", image=image)
+    assert [s.box_id for s in await kernel.store.boxes.list()] == ["limits"]
+    await manager.destroy("limits")
+
+
+async def test_allowed_images_limit_what_boxes_run(make_kernel, dockerd):
+    kernel = make_kernel(allowed_images=["valetkey-test/*"])
+    async with kernel:
+        manager = BoxManager(kernel)
+        with pytest.raises(InvalidInput, match="is not allowed here"):
+            await manager.create("other", image="ghcr.io/evil/box:1")
+        await manager.create("fine", image=dockerd.image)
+        await manager.destroy("fine")
 
 
 async def test_list_shows_managed_boxes_only(kernel, dockerd):
@@ -233,7 +282,7 @@ class HookPlugin:
 
 async def test_plugin_hooks_inject_files_and_get_their_state_back(make_kernel):
     recorder = Recorder()
-    kernel = make_kernel(extra_plugins={"hooks": HookPlugin(recorder)})
+    kernel = make_kernel(extra_plugins={"hooks": HookPlugin(recorder)}, exec_before_ready=True)
     async with kernel:
         manager = BoxManager(kernel)
         await manager.create("hooked")
@@ -291,7 +340,7 @@ async def test_executable_hooks_speak_json_on_stdin_and_stdout(make_kernel, tmp_
     script.chmod(0o755)
     marker = tmp_path / "destroyed.json"
     monkeypatch.setenv("MARKER", str(marker))
-    kernel = make_kernel(hooks=[str(script)])
+    kernel = make_kernel(hooks=[str(script)], exec_before_ready=True)
     async with kernel:
         manager = BoxManager(kernel)
         await manager.create("exechook")
@@ -343,3 +392,16 @@ def test_hook_file_rules_are_checked(tmp_path):
     ):
         with pytest.raises(Exception, match=message):
             _file("h", 0, raw)
+
+
+def test_output_after_follows_a_moving_tail_in_linear_time():
+    from valetkey_boxes.login import output_after
+
+    before = "".join(f"line {i}\n" for i in range(100))
+    now = "".join(f"line {i}\n" for i in range(50, 100)) + "ready\n"
+    assert output_after(before, now) == "ready\n"
+    assert output_after(before, before + "more\n") == "more\n"
+    assert output_after("old\n", "entirely new\n") == "entirely new\n"
+    big = "".join(f"{i:06d}" + "x" * 16_000 + "\n" for i in range(2000))
+    moved = big[len(big) // 2 :] + "done\n"
+    assert output_after(big, moved) == "done\n"  # 2,000 lines of 16 KB: linear, not quadratic

@@ -3,8 +3,9 @@ code to the box's login process (stdin) and shows ready, with the session URL, o
 
 The token in the URL is the only capability (64 hex, stored hashed). The form is protected by a
 double-submit CSRF token (a random value in a ``SameSite=Strict``, ``HttpOnly`` cookie scoped to
-the page's path, repeated in a hidden field) and an ``Origin`` check. The page is plain HTML with
-inline CSS, no scripts and no external assets; it works without JavaScript and with a screen
+the page's own path, repeated in a hidden field), an ``Origin`` check (``null`` refused) and
+``X-Frame-Options: DENY``. The page is plain HTML with inline CSS, no scripts and no external
+assets; it works without JavaScript and with a screen
 reader (labels, headings, ``role="alert"`` / ``role="status"`` messages). The code never appears
 in a page, a log line or an error.
 """
@@ -16,6 +17,7 @@ import html
 import logging
 import secrets
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -26,6 +28,7 @@ from valetkey_hookspecs import BoxSession, BoxStatus, KernelAPI, ValetkeyError
 from valetkey_hookspecs.redaction import redact_text
 
 from .manager import manager_for
+from .websession import activation_gate
 
 log = logging.getLogger("valetkey.boxes.auth")
 
@@ -51,7 +54,7 @@ def _page(
     doc = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<meta name="referrer" content="no-referrer">'
+        '<meta name="referrer" content="same-origin">'
         f"<title>{html.escape(title)} · valetkey</title><style>{_CSS}</style></head>"
         f"<body><main>{body}</main></body></html>"
     )
@@ -60,10 +63,22 @@ def _page(
         "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
         "form-action 'self'; frame-ancestors 'none'",
         "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "no-referrer",
+        "Referrer-Policy": "same-origin",  # no-referrer makes browsers send Origin: null
+        "X-Frame-Options": "DENY",
     }
     base.update(headers or {})
     return HTMLResponse(doc, status_code=status, headers=base)
+
+
+def _web_link(url: str | None) -> tuple[str, str] | None:
+    """(escaped URL, host) for an http(s) link the box printed; None for anything else (the box
+    is untrusted: no ``javascript:`` or ``data:`` links on this page)."""
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return html.escape(url, quote=True), html.escape(parts.hostname)
 
 
 def _box_facts(session: BoxSession, login_url: str | None) -> str:
@@ -71,16 +86,18 @@ def _box_facts(session: BoxSession, login_url: str | None) -> str:
     if session.description:
         rows.append(("About", session.description))
     facts = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in rows)
-    link = ""
-    if login_url:
-        safe = html.escape(login_url, quote=True)
-        link = (
+    link = _web_link(login_url)
+    if link is not None:
+        safe, host = link
+        text = (
+            f"<p>The box asks you to sign in at <strong>{host}</strong>. Continue only if that "
+            "is the provider you expect.</p>"
             f'<p>1. Open <a href="{safe}" rel="noopener noreferrer" target="_blank">{safe}</a> '
             "and sign in. 2. Paste the code it gives you below.</p>"
         )
     else:
-        link = "<p>The box has not printed a sign-in link yet; reload this page in a moment.</p>"
-    return f"<dl>{facts}</dl>{link}"
+        text = "<p>The box has not printed a sign-in link yet; reload this page in a moment.</p>"
+    return f"<dl>{facts}</dl>{text}"
 
 
 def _form(csrf: str, error: str | None = None) -> str:
@@ -101,6 +118,10 @@ def build_auth_app(kernel: KernelAPI) -> Starlette:
     """The ASGI app mounted at ``/auth`` by ``valetkey serve``."""
 
     async def page(request: Request) -> Response:
+        # with [plugin.boxes.oidc]: a signed-in person the allow-lists accept, else sign in
+        gate = await activation_gate(kernel, request)
+        if gate is not None:
+            return gate
         token = request.path_params["token"]
         manager = manager_for(kernel)
         try:
@@ -113,15 +134,28 @@ def build_auth_app(kernel: KernelAPI) -> Starlette:
             )
         if request.method == "POST":
             return await _submit(request, token, session)
-        return await _show(manager, session)
+        return await _show(manager, token, session)
 
     async def _show(
-        manager: Any, session: BoxSession, error: str | None = None, status: int = 200
+        manager: Any,
+        token: str,
+        session: BoxSession,
+        error: str | None = None,
+        status: int = 200,
     ) -> Response:
         if session.status is BoxStatus.READY:
             return _ready(session)
         csrf = secrets.token_urlsafe(32)
-        login_url = await manager.login_url(session)
+        try:
+            login_url = await manager.login_url(session)
+        except ValetkeyError as exc:
+            log.warning("auth page for box %s: %s", session.box_id, redact_text(str(exc)))
+            body = (
+                f"<h1>Box {html.escape(session.box_id)} cannot be reached</h1>"
+                '<p role="alert">The box engine cannot be reached right now. Try again in a '
+                "moment; nothing was sent.</p>"
+            )
+            return _page("Box unreachable", body, 503)
         note = ""
         if session.status is BoxStatus.ERROR and error is None and session.error:
             note = (
@@ -134,18 +168,16 @@ def build_auth_app(kernel: KernelAPI) -> Starlette:
             + note
             + _form(csrf, error)
         )
-        cookie = f"{CSRF_COOKIE}={csrf}; Path={_path(session)}; HttpOnly; SameSite=Strict" + (
+        # scoped to this page: another box's page open in the same browser keeps its own
+        cookie = f"{CSRF_COOKIE}={csrf}; Path=/auth/{token}; HttpOnly; SameSite=Strict" + (
             "; Secure" if manager.config.public_url.startswith("https://") else ""
         )
         return _page(f"Sign {session.box_id} in", body, status, {"Set-Cookie": cookie})
 
-    def _path(session: BoxSession) -> str:
-        return "/auth/"
-
     async def _submit(request: Request, token: str, session: BoxSession) -> Response:
         manager = manager_for(kernel)
         origin = request.headers.get("origin")
-        if origin and origin != "null":
+        if origin:  # "null" (a sandboxed frame, a data: page) is refused too
             expected = request.url.scheme + "://" + (request.headers.get("host") or "")
             public = manager.config.public_url.rstrip("/")
             if origin not in (expected, public):
@@ -164,7 +196,11 @@ def build_auth_app(kernel: KernelAPI) -> Starlette:
         cookie = request.cookies.get(CSRF_COOKIE) or ""
         if not field or not cookie or not hmac.compare_digest(field, cookie):
             return await _show(
-                manager, session, "The form expired; it was reloaded. Paste the code again.", 403
+                manager,
+                token,
+                session,
+                "The form expired; it was reloaded. Paste the code again.",
+                403,
             )
         code = str(form.get("code") or "")
         try:
@@ -176,16 +212,20 @@ def build_auth_app(kernel: KernelAPI) -> Starlette:
                 else redact_text(str(exc))
             )
             return await _show(
-                manager, session, message, exc.http_status if 400 <= exc.http_status < 500 else 502
+                manager,
+                token,
+                session,
+                message,
+                exc.http_status if 400 <= exc.http_status < 500 else 502,
             )
         if updated.status is BoxStatus.READY:
             return _ready(updated)
-        return await _show(manager, updated, updated.error or "the login failed", 422)
+        return await _show(manager, token, updated, updated.error or "the login failed", 422)
 
     def _ready(session: BoxSession) -> Response:
         link = ""
-        if session.session_url:
-            safe = html.escape(session.session_url, quote=True)
+        if (web := _web_link(session.session_url)) is not None:
+            safe = web[0]
             link = f'<p>Session: <a href="{safe}" rel="noopener noreferrer">{safe}</a></p>'
         body = (
             f"<h1>Box {html.escape(session.box_id)} is ready</h1>"

@@ -3,9 +3,10 @@ bound to its container so the proxy's liveness check follows the container, and 
 the proxy settings, the proxy's CA and a placeholder for each grant — the agent inside calls
 APIs with credentials it never holds.
 
-The box must reach the proxy: on one machine that is the host network (``[plugin.boxes]
-network = "host"``) and ``proxy_host = "127.0.0.1"``; on a bridge network, the proxy listens
-on the bridge address (``[plugin.proxy] listen_host``) and ``proxy_host`` names it.
+The box must reach the proxy: on a bridge network the proxy listens on the bridge address
+(``[plugin.proxy] listen_host``) and ``proxy_host`` names it; on one machine without bridges,
+the host network (``network = "host"`` with ``allow_host_network = true``, a deliberate choice:
+such a box reaches every loopback service).
 """
 
 from __future__ import annotations

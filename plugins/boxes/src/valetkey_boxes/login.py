@@ -44,15 +44,22 @@ def outcome(spec: LoginSpec, after: str, code: str) -> LoginOutcome:
 
 
 def output_after(before: str, now: str) -> str:
-    """What ``now`` (a logs tail) adds to ``before`` (the tail taken before the code was sent)."""
+    """What ``now`` (a logs tail) adds to ``before`` (the tail taken before the code was sent).
+
+    Linear time: when the tail window moved, the last lines of ``before`` (an anchor) are
+    looked for in ``now``; output after the anchor's last occurrence is new. Without an anchor
+    (nothing of ``before`` is left in ``now``) all of ``now`` is new."""
     if not before:
         return now
     if now.startswith(before):
         return now[len(before) :]
-    # the tail window moved: find the longest suffix of ``before`` that starts ``now``
     lines = before.splitlines(keepends=True)
-    for i in range(len(lines)):
-        overlap = "".join(lines[i:])
-        if now.startswith(overlap):
-            return now[len(overlap) :]
+    anchor = "".join(lines[-ANCHOR_LINES:])
+    at = now.rfind(anchor)
+    if at >= 0:
+        return now[at + len(anchor) :]
     return now
+
+
+#: lines at the end of the earlier tail that identify where new output starts
+ANCHOR_LINES = 8

@@ -14,6 +14,8 @@ whose container is gone; ``reap`` destroys boxes still not ready after ``auth_tt
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fnmatch
 import getpass
 import hashlib
 import logging
@@ -21,10 +23,12 @@ import os
 import secrets
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
+
+import anyio
 
 from valetkey_hookspecs import (
     Box,
@@ -39,6 +43,7 @@ from valetkey_hookspecs import (
     InvalidInput,
     KernelAPI,
     NotFound,
+    ValetkeyError,
     utcnow,
 )
 from valetkey_hookspecs.boxes import check_box_id
@@ -54,8 +59,32 @@ log = logging.getLogger("valetkey.boxes")
 LOGIN_TAIL = 2000
 MAX_DESCRIPTION = 500
 MAX_COMMAND = 16 * 1024
+#: the cross-process claim on a box id while it is created (seconds)
+CREATE_LEASE = 600.0
+#: concurrent exec/logs calls of one manager (each may hold an engine thread for long)
+ENGINE_CALLS = 16
+#: bytes of console text a logs call returns at most (the tail end)
+MAX_LOG_BYTES = 1024 * 1024
 #: seconds a session may be "creating" before its container exists (restore leaves it alone)
 CREATE_GRACE = 60.0
+#: seconds a remote spoke may take to list its boxes before ``list_boxes`` skips it
+SPOKE_LIST_TIMEOUT = 10.0
+
+
+def check_image(image: str, allowed: list[str]) -> str:
+    """An image reference a box may use: no option-looking or blank names (they would reach an
+    engine's argv), and one of ``allowed`` (shell-style patterns) when that list is set."""
+    image = image.strip()
+    if not image:
+        raise InvalidInput("no image: name one, or set [plugin.boxes] default_image")
+    if image.startswith("-") or any(c.isspace() or ord(c) < 32 for c in image) or len(image) > 255:
+        raise InvalidInput(f"image {image[:80]!r} is not an image reference")
+    if allowed and not any(fnmatch.fnmatchcase(image, pattern) for pattern in allowed):
+        raise InvalidInput(
+            f"image {image!r} is not allowed here ([plugin.boxes] allowed_images: "
+            f"{', '.join(allowed)})"
+        )
+    return image
 
 
 def hash_token(token: str) -> str:
@@ -120,8 +149,14 @@ class BoxManager:
         self.kernel = kernel
         self.config = config or kernel.plugin_config("boxes") or BoxesConfig()
         self._create_lock = asyncio.Lock()
+        self._creating: set[str] = set()
+        self._submitting: dict[str, asyncio.Lock] = {}
+        #: exec and logs share the engine's worker threads with everything else: bounded
+        self._engine_calls = anyio.CapacityLimiter(ENGINE_CALLS)
         #: ``spoke name → BoxRuntime`` of remote spokes (set by clustering; None: local only)
         self.spoke_runtime: Callable[[str], BoxRuntime] | None = None
+        #: names of every enrolled remote spoke, for list fan-out (set by clustering)
+        self.spoke_names: Callable[[], Awaitable[list[str]]] | None = None
 
     # ------------------------------------------------------------------ parts
 
@@ -178,16 +213,18 @@ class BoxManager:
         check_box_id(box_id)
         runtime = self.runtime_for(spoke)  # NotFound for an unknown spoke, before anything
         spoke = None if spoke in (None, "", "local") else spoke
-        image = (image or self.config.default_image).strip()
-        if not image:
-            raise InvalidInput("no image: name one, or set [plugin.boxes] default_image")
+        image = check_image(image or self.config.default_image, self.config.allowed_images)
         if len(description) > MAX_DESCRIPTION:
             raise InvalidInput(f"description: at most {MAX_DESCRIPTION} characters")
         grants = list(grants or [])
         if len(set(grants)) != len(grants):
             raise InvalidInput("grants: a grant is named twice")
         async with self._create_lock:
-            return await self._create(box_id, image, description, grants, runtime, spoke)
+            self._creating.add(box_id)
+            try:
+                return await self._create(box_id, image, description, grants, runtime, spoke)
+            finally:
+                self._creating.discard(box_id)
 
     async def _create(
         self,
@@ -199,14 +236,33 @@ class BoxManager:
         spoke: str | None,
     ) -> Created:
         store = self.kernel.store
+        # one creator per box id across processes (serve and the CLI share the store)
+        lease, holder = f"box:{box_id}", secrets.token_hex(8)
+        if not await store.leases.acquire(lease, holder, CREATE_LEASE):
+            raise Conflict(f"box {box_id!r} is being created")
         try:
-            await store.boxes.get(box_id)
-        except NotFound:
-            pass
-        else:
-            raise Conflict(f"box {box_id!r} exists already")
+            try:
+                await store.boxes.get(box_id)
+            except NotFound:
+                pass
+            else:
+                raise Conflict(f"box {box_id!r} exists already")
+            return await self._create_claimed(box_id, image, description, grants, runtime, spoke)
+        finally:
+            await store.leases.release(lease, holder)
+
+    async def _create_claimed(
+        self,
+        box_id: str,
+        image: str,
+        description: str,
+        grants: list[str],
+        runtime: BoxRuntime,
+        spoke: str | None,
+    ) -> Created:
+        store = self.kernel.store
         event = BoxHookEvent(
-            box_id=box_id, image=image, runtime=runtime.name, description=description
+            box_id=box_id, image=image, runtime=runtime.name, description=description, spoke=spoke
         )
         hooks = self.hooks()
         files, states = await hooks_mod.run_create(hooks, event)
@@ -214,12 +270,14 @@ class BoxManager:
         token = secrets.token_hex(32)
         box_run: grants_mod.BoxRun | None = None
         saved = False
+        box: Box | None = None
         try:
             env: dict[str, str] = {}
             if grants:
                 box_run = await grants_mod.register(
                     self.kernel.home, self.owner(), grants, box_id, self.config.proxy_host
                 )
+                register_secret(box_run.token)
                 env.update(box_run.env)
                 files.extend(box_run.files)
             state: dict[str, Any] = {"hooks": states, "creating": True}
@@ -253,18 +311,31 @@ class BoxManager:
             session = replace(session, hook_state=created)
             await store.boxes.put(session)
         except BaseException:
-            if saved:
-                await store.boxes.delete(box_id)
-            if box_run is not None:
-                await grants_mod.unregister(self.kernel.home, box_run.run_id)
-            await hooks_mod.run_destroy(hooks, event, states)
+            with anyio.CancelScope(shield=True):
+                if box is not None:  # created, then a later step failed: leave nothing behind
+                    with contextlib.suppress(Exception):
+                        await runtime.destroy(box_id)
+                if saved:
+                    await self._delete_if_ours(box_id, hash_token(token))
+                if box_run is not None:
+                    await grants_mod.unregister(self.kernel.home, box_run.run_id)
+                await hooks_mod.run_destroy(hooks, event, states)
             raise
         await self._audit("box.create", box_id, {"image": image, "grants": grants})
         return Created(session, token, self.auth_url(token))
 
+    async def _delete_if_ours(self, box_id: str, token_hash: str) -> None:
+        """Delete a session only if it is still the one we wrote (never another creator's)."""
+        current = await self._session(box_id)
+        if current is not None and current.token_hash == token_hash:
+            await self.kernel.store.boxes.delete(box_id)
+
     async def destroy(self, box_id: str) -> None:
         """Destroy the box and forget its session (replaying destroy hooks, dropping its run)."""
         check_box_id(box_id)
+        holder = await self.kernel.store.leases.holder(f"box:{box_id}")
+        if holder is not None or box_id in self._creating:
+            raise Conflict(f"box {box_id!r} is being created; destroy it when that is done")
         session = await self._session(box_id)
         try:
             await self.runtime_for(session.spoke if session else None).destroy(box_id)
@@ -313,27 +384,91 @@ class BoxManager:
         return out
 
     async def list_boxes(self) -> list[dict[str, Any]]:
-        """Every managed box with its session (and sessions whose box is gone)."""
-        boxes = {b.id: b for b in await self.runtime.list()}
+        """Every managed box with its session (and sessions whose box is gone), on this server
+        and on every spoke, each tagged with its ``spoke`` (see :meth:`list_fleet`)."""
+        return list((await self.list_fleet())["boxes"])
+
+    async def list_fleet(self) -> dict[str, Any]:
+        """``{"boxes": [...], "skipped": [{"spoke", "error"}]}``: the boxes of this server's
+        runtime (``spoke: "local"``; boxes another spoke labelled on a shared engine left out)
+        and of every remote spoke, listed at once. A spoke that errors or is not connected is
+        skipped and reported; its boxes' sessions are listed with state ``unknown`` and a
+        ``spoke_error``."""
+        from .fleet_protocol import SPOKE_LABEL
+
         sessions = {s.box_id: s for s in await self.kernel.store.boxes.list()}
-        ids = sorted(set(boxes) | set(sessions))
-        return [session_dict(sessions.get(i), boxes.get(i)) for i in ids]
+        names = {s.spoke for s in sessions.values() if s.spoke}
+        if self.spoke_names is not None:
+            names |= set(await self.spoke_names())
+
+        async def remote(name: str) -> tuple[str, list[Box], str | None]:
+            try:
+                async with asyncio.timeout(SPOKE_LIST_TIMEOUT):
+                    return name, await self.runtime_for(name).list(), None
+            except Exception as exc:
+                why = redact_text(str(exc)) or type(exc).__name__
+                return name, [], why if isinstance(exc, ValetkeyError) else type(exc).__name__
+
+        results = await asyncio.gather(*(remote(n) for n in sorted(names)))
+        local = await self.runtime.list()
+        where: dict[str, tuple[str, Box]] = {
+            b.id: ("local", b) for b in local if SPOKE_LABEL not in b.labels
+        }
+        skipped = []
+        for name, boxes, error in results:
+            if error is not None:
+                skipped.append({"spoke": name, "error": error})
+                log.warning("list: skipped spoke %s: %s", name, error)
+                continue
+            for reported in boxes:
+                where[reported.id] = (name, reported)
+        failed = {s["spoke"]: s["error"] for s in skipped}
+        rows = []
+        for box_id in sorted(set(where) | set(sessions)):
+            session = sessions.get(box_id)
+            found = where.get(box_id)
+            spoke, box = found if found is not None else (None, None)
+            row = session_dict(session, box)
+            row["spoke"] = spoke or (session.spoke if session else None) or "local"
+            if box is None and session is not None and session.spoke in failed:
+                row["state"] = "unknown"
+                row["spoke_error"] = failed[session.spoke]
+            rows.append(row)
+        return {"boxes": rows, "skipped": skipped}
 
     async def exec(self, box_id: str, command: str, *, timeout: float | None = None) -> ExecResult:
-        """Run ``sh -c command`` in the box."""
+        """Run ``sh -c command`` in the box. Output passes through the redactor (a proxy run
+        token in the box's environment, a code just pasted, never leave through it). Until the
+        box is signed in, exec is refused: the login process holds the code on its stdin."""
         check_box_id(box_id)
         if not command.strip():
             raise InvalidInput("command: give a shell command line")
         if len(command) > MAX_COMMAND:
             raise InvalidInput(f"command: at most {MAX_COMMAND} characters")
-        return await (await self.runtime_of(box_id)).exec(box_id, command, timeout=timeout)
+        session = await self._session(box_id)
+        if (
+            session is not None
+            and session.status is not BoxStatus.READY
+            and not self.config.exec_before_ready
+        ):
+            raise Conflict(
+                f"box {box_id} is waiting for its sign-in (status {session.status.value}): "
+                "exec is possible once it is ready"
+            )
+        runtime = self.runtime_for(session.spoke if session else None)
+        async with self._engine_calls:
+            result = await runtime.exec(box_id, command, timeout=timeout)
+        return replace(result, stdout=redact_text(result.stdout), stderr=redact_text(result.stderr))
 
     async def logs(self, box_id: str, tail: int = 200) -> str:
-        """The last ``tail`` lines of the box's console (1..10000)."""
+        """The last ``tail`` lines of the box's console (1..10000, at most 1 MiB), redacted."""
         check_box_id(box_id)
         if not 1 <= tail <= 10_000:
             raise InvalidInput("tail: between 1 and 10000 lines")
-        return await (await self.runtime_of(box_id)).logs(box_id, tail)
+        runtime = await self.runtime_of(box_id)
+        async with self._engine_calls:
+            text = await runtime.logs(box_id, tail)
+        return redact_text(text[-MAX_LOG_BYTES:])
 
     # ------------------------------------------------------------------ the auth page
 
@@ -352,6 +487,7 @@ class BoxManager:
             output = await self.runtime_for(session.spoke).logs(session.box_id, LOGIN_TAIL)
         except NotFound:
             return None
+        output = output[-MAX_LOG_BYTES:]
         return login_url(self.config.login_for(session.image), output)
 
     async def submit_code(self, token: str, code: str) -> BoxSession:
@@ -365,6 +501,13 @@ class BoxManager:
             raise InvalidInput("the code must be one line of at most 4096 characters")
         if session.status is BoxStatus.READY:
             raise Conflict(f"box {session.box_id} is ready already")
+        lock = self._submitting.setdefault(session.box_id, asyncio.Lock())
+        if lock.locked():
+            raise Conflict(f"a code for box {session.box_id} is being checked; wait for it")
+        async with lock:
+            return await self._submit(session, token, code)
+
+    async def _submit(self, session: BoxSession, token: str, code: str) -> BoxSession:
         register_secret(code)
         spec = self.config.login_for(session.image)
         runtime = self.runtime_for(session.spoke)
@@ -409,22 +552,35 @@ class BoxManager:
             return await self._restore()
 
     async def _restore(self) -> tuple[list[str], list[str]]:
-        boxes = {b.id for b in await self.runtime.list()}
+        sessions = await self.kernel.store.boxes.list()  # first: a box created after this
+        boxes = {b.id for b in await self.runtime.list()}  # listing is not dropped below
         settling = utcnow() - timedelta(seconds=CREATE_GRACE)
         kept, dropped = [], []
-        for session in await self.kernel.store.boxes.list():
+        for session in sessions:
             if session.spoke:  # a remote spoke's box: its spoke reports it when connected
                 kept.append(session.box_id)
                 continue
             creating = bool(session.hook_state.get("creating"))
             if session.box_id in boxes or (creating and session.created_at > settling):
                 kept.append(session.box_id)
-            else:
-                await self._forget(session)
-                dropped.append(session.box_id)
+                continue
+            if await self._still_there(session.box_id):  # created or claimed meanwhile
+                kept.append(session.box_id)
+                continue
+            await self._forget(session)
+            dropped.append(session.box_id)
         if dropped:
             log.warning("dropped %d box session(s) whose box is gone: %s", len(dropped), dropped)
         return kept, dropped
+
+    async def _still_there(self, box_id: str) -> bool:
+        if await self.kernel.store.leases.holder(f"box:{box_id}") is not None:
+            return True
+        try:
+            await self.runtime.get(box_id)
+        except NotFound:
+            return False
+        return True
 
     async def reap(self) -> list[str]:
         """Destroy boxes still not ready ``auth_ttl`` after creation; ready boxes stay."""

@@ -13,7 +13,8 @@ from .manager import manager_for
 
 
 def register_tools(register: RegisterMcpTool, kernel: KernelAPI) -> None:
-    """Add create_box, get_box, list_boxes, destroy_box, get_box_logs and exec_box."""
+    """Add create_box, get_box, list_boxes, destroy_box, get_box_logs, exec_box and
+    list_spokes."""
 
     async def create_box(
         box_id: str,
@@ -40,7 +41,9 @@ def register_tools(register: RegisterMcpTool, kernel: KernelAPI) -> None:
         return await manager_for(kernel).get(box_id)
 
     async def list_boxes() -> list[dict[str, Any]]:
-        """Every box valetkey manages, with its state and auth status."""
+        """Every box valetkey manages, with its state, auth status and spoke (the host it runs
+        on; "local" is this server). Boxes of a spoke that cannot be reached right now show
+        state "unknown" and a spoke_error."""
         return await manager_for(kernel).list_boxes()
 
     async def destroy_box(box_id: str) -> dict[str, Any]:
@@ -65,5 +68,12 @@ def register_tools(register: RegisterMcpTool, kernel: KernelAPI) -> None:
             "truncated": result.truncated,
         }
 
-    for fn in (create_box, get_box, list_boxes, destroy_box, get_box_logs, exec_box):
+    async def list_spokes() -> list[dict[str, Any]]:
+        """Where boxes run: this server ("local") and each enrolled spoke, with whether it is
+        connected now, when it was last seen and how many boxes it has."""
+        from .hub import hub_for
+
+        return await hub_for(kernel).statuses()
+
+    for fn in (create_box, get_box, list_boxes, destroy_box, get_box_logs, exec_box, list_spokes):
         register(fn)
