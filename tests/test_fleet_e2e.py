@@ -330,12 +330,21 @@ async def test_two_spokes_enroll_serve_boxes_survive_a_kill_and_a_hub_restart(
         assert not [c for c in engine.containers.list(all=True) if "on-" in c.name]
     finally:
         engine.close()
-    # the credential is in the spoke's file (no keyring here), 0600; never in any output
-    enrolled = (a.home / "spoke.toml").read_text()
-    credential = next(
-        line.split('"')[1] for line in enrolled.splitlines() if line.startswith("credential")
-    )
+    # the credential is in the spoke's secret store (no keyring here: encrypted files), never
+    # in plaintext on disk and never in any output; spoke.toml (0600) names the spoke only
+    import tomllib
+
+    from valetkey.kernel import load
+    from valetkey.policy import load_policy
+
+    enrolled = tomllib.loads((a.home / "spoke.toml").read_text())
+    assert set(enrolled) == {"hub_url", "name", "spoke_id"}
     assert (a.home / "spoke.toml").stat().st_mode & 0o777 == 0o600
+    spoke_kernel = load(policy=load_policy(a.config), home=a.home)
+    credential = spoke_kernel.secret_store.get(f"valetkey-spoke:{enrolled['spoke_id']}")
+    assert credential and credential.startswith("vksc_")
+    on_disk = b"".join(p.read_bytes() for p in a.home.rglob("*") if p.is_file())
+    assert credential.encode() not in on_disk
     secrets_seen.append(credential)
     outputs = [s.output() for s in (a, b, reuse, late)] + [hub.log.read_text()]
     assert not any(secret in text for secret in secrets_seen for text in outputs)

@@ -219,7 +219,8 @@ def test_an_admin_signs_in_creates_a_join_token_and_destroys_a_box(fleet, oidc_s
         assert driver.find_element(By.TAG_NAME, "h1").text == "Join token created"
         token = driver.find_element(By.ID, "token").text.strip()
         assert token.startswith("vkjoin_") and len(token) == len("vkjoin_") + 43
-        assert f"--token {token}" in driver.find_element(By.ID, "command").text
+        command = driver.find_element(By.ID, "command").text
+        assert command.endswith("--token-stdin") and token not in command
 
         driver.find_element(By.LINK_TEXT, "Back to the fleet").click()
         wait_until(lambda: driver.find_elements(By.ID, "tokens"))

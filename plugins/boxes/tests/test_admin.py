@@ -181,7 +181,9 @@ async def test_an_admin_creates_and_revokes_join_tokens_and_deletes_spokes(kerne
         assert created.status_code == 201
         token = re.search(r'id="token">([^<]+)<', created.text).group(1)
         assert token.startswith("vkjoin_")
-        assert f"--token {token}" in created.text and created.headers["cache-control"] == "no-store"
+        assert "--name SPOKE-NAME --token-stdin" in created.text
+        assert f"--token {token}" not in created.text  # never on a command line
+        assert created.headers["cache-control"] == "no-store"
         [record] = await kernel.store.spokes.list_join_tokens()
         assert record.token_hash == hashlib.sha256(token.encode()).hexdigest()
         assert timedelta(minutes=14) < record.expires_at - utcnow() <= timedelta(minutes=15)

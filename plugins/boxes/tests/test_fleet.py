@@ -209,23 +209,30 @@ async def test_handle_answers_each_method_and_refuses_bad_params():
 # =========================================================================== credential, backoff
 
 
-def test_the_credential_falls_back_to_a_0600_file_without_a_keyring(tmp_path, monkeypatch):
+def test_the_credential_goes_to_the_secret_store_never_to_a_plain_file(tmp_path, monkeypatch):
+    from valetkey.kernel import load
+    from valetkey.policy import parse_policy
+
     monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
+    kernel = load(
+        policy=parse_policy({"autoload": False, "enable": ["secrets-keyring"]}),
+        home=tmp_path / "home",
+    )
+    secrets = kernel.secret_store  # no OS keyring here: AES-GCM encrypted files
     cred = SpokeCredential("http://127.0.0.1:1", "a", "sp_1", proto.new_secret("vksc_"))
     assert cred.credential not in repr(cred)
-    warning = save_credential(tmp_path, cred)
-    assert warning is not None and "no usable OS keyring" in warning
-    assert cred.credential not in warning
+    where = save_credential(tmp_path, cred, secrets)
+    assert where == secrets.description and cred.credential not in where
     assert (tmp_path / "spoke.toml").stat().st_mode & 0o777 == 0o600
-    loaded = load_credential(tmp_path, "http://127.0.0.1:1/", "a")
+    on_disk = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    assert cred.credential.encode() not in on_disk  # nowhere in plaintext
+    loaded = load_credential(tmp_path, "http://127.0.0.1:1/", "a", secrets)
     assert loaded is not None and loaded.credential == cred.credential
-    assert loaded.stored_in == "file"
-    assert load_credential(tmp_path, "http://127.0.0.1:2", "a") is None
-    assert load_credential(tmp_path, "http://127.0.0.1:1", "b") is None
-    text = (tmp_path / "spoke.toml").read_text().replace(cred.credential, "")
-    (tmp_path / "spoke.toml").write_text("\n".join(x for x in text.splitlines() if "cred" not in x))
+    assert load_credential(tmp_path, "http://127.0.0.1:2", "a", secrets) is None
+    assert load_credential(tmp_path, "http://127.0.0.1:1", "b", secrets) is None
+    secrets.delete("valetkey-spoke:sp_1")
     with pytest.raises(ConfigError, match="enroll again"):
-        load_credential(tmp_path, "http://127.0.0.1:1", "a")
+        load_credential(tmp_path, "http://127.0.0.1:1", "a", secrets)
 
 
 def test_backoff_doubles_to_30s_and_resets_after_a_long_connection():

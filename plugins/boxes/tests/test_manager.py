@@ -405,3 +405,76 @@ def test_output_after_follows_a_moving_tail_in_linear_time():
     big = "".join(f"{i:06d}" + "x" * 16_000 + "\n" for i in range(2000))
     moved = big[len(big) // 2 :] + "done\n"
     assert output_after(big, moved) == "done\n"  # 2,000 lines of 16 KB: linear, not quadratic
+
+
+class ReportingSpoke:
+    """TEST DOUBLE of a remote spoke's runtime: ``list`` answers whatever it is told (a spoke
+    that lies, or a slow one)."""
+
+    name = "remote"
+
+    def __init__(self, boxes, delay=0.0):
+        self.boxes, self.delay = boxes, delay
+
+    async def list(self):
+        import asyncio as _asyncio
+
+        await _asyncio.sleep(self.delay)
+        return self.boxes
+
+    async def logs(self, box_id, tail=200):
+        import asyncio as _asyncio
+
+        await _asyncio.sleep(self.delay)
+        return "remote logs\n"
+
+
+async def test_a_spoke_speaks_for_its_own_boxes_only_in_the_fleet_list(kernel):
+    from valetkey_hookspecs import Box, BoxSession
+
+    manager = BoxManager(kernel)
+    await kernel.store.boxes.put(
+        BoxSession(box_id="one", token_hash="a" * 64, image="img", runtime="remote", spoke="a")
+    )
+    honest = ReportingSpoke([Box(id="one", runtime="remote", image="img", state="running")])
+    liar = ReportingSpoke(
+        [
+            Box(id="one", runtime="remote", image="img", state="exited"),  # a's box
+            Box(id="phantom", runtime="remote", image="img", state="running"),  # no session
+        ]
+    )
+    spokes = {"a": honest, "zz": liar}
+    manager.spoke_runtime = spokes.__getitem__
+
+    async def names():
+        return ["a", "zz"]
+
+    manager.spoke_names = names
+    rows = {r["box_id"]: r for r in await manager.list_boxes()}
+    assert rows["one"]["spoke"] == "a" and rows["one"]["state"] == "running"
+    # a box nobody else claims may be reported by a spoke; a claimed one never by another
+    assert rows["phantom"]["spoke"] == "zz"
+    await kernel.store.boxes.delete("one")
+
+
+async def test_a_stuck_spoke_does_not_hold_the_local_boxes_calls(kernel):
+    import asyncio as _asyncio
+
+    from valetkey_hookspecs import BoxSession
+
+    manager = BoxManager(kernel)
+    created = await manager.create("local1")
+    await manager.submit_code(created.token, "code-ok")
+    await kernel.store.boxes.put(
+        BoxSession(box_id="far", token_hash="b" * 64, image="img", runtime="remote", spoke="slow")
+    )
+    slow = ReportingSpoke([], delay=30)
+    manager.spoke_runtime = {"slow": slow}.__getitem__
+    stuck = [_asyncio.ensure_future(manager.logs("far")) for _ in range(20)]  # > 16 slots
+    await _asyncio.sleep(0.1)
+    logs = await _asyncio.wait_for(manager.logs("local1"), 10)
+    assert "to sign in" in logs
+    for task in stuck:
+        task.cancel()
+    await kernel.store.boxes.delete("far")
+    await manager.destroy("local1")

@@ -414,3 +414,25 @@ def test_cookies_are_secure_over_https():
     cookie = auth.cookie("valetkey_session", "v", "/", 60)
     assert cookie.endswith("; Secure") and "HttpOnly" in cookie and "SameSite=Lax" in cookie
     assert auth.redirect_uri == "https://vk.example.com/login/callback"
+
+
+def test_look_alike_unicode_addresses_match_no_allow_list_or_admin():
+    from valetkey_boxes.config import BoxesConfig, OidcConfig
+    from valetkey_boxes.oidc import Identity, is_admin, refusal
+
+    oidc = OidcConfig(
+        issuer="https://idp.test",
+        client_id="c",
+        allowed_domains=["kernel.org"],
+        allowed_emails=["kim@corp.test"],
+    )
+    config = BoxesConfig(oidc=oidc, admins=["kim@corp.test"])
+    kelvin = "\u212a"  # KELVIN SIGN: lower() makes it a plain "k"
+    for email in (f"eve@{kelvin}ernel.org", f"{kelvin}im@corp.test"):
+        who = Identity("https://idp.test", "s1", email, True)
+        assert refusal(oidc, who) == (
+            "this e-mail address has non-ASCII characters; ask for an ASCII address"
+        )
+        assert not is_admin(config, who)
+    plain = Identity("https://idp.test", "s2", "Kim@Corp.Test", True)
+    assert refusal(oidc, plain) is None and is_admin(config, plain)

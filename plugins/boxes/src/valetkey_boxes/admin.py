@@ -301,14 +301,15 @@ def build_admin_app(kernel: KernelAPI) -> Starlette:
             return await failed(session, exc)
         await audit(session, "spoke.join_token.create", {"token_id": minted.record.id})
         hub = auth.config.public_url.rstrip("/")
-        command = f"valetkey spoke run --hub {hub} --token {minted.token} --name SPOKE-NAME"
+        # the token is pasted at the prompt (or piped on stdin): never on a command line
+        command = f"valetkey spoke run --hub {hub} --name SPOKE-NAME --token-stdin"
         body = (
             '<h1>Join token created</h1><p class="ok" role="status">Copy it now: it is shown '
             "only once and works once.</p>"
             f'<p><label for="token">Join token <code>{esc(minted.record.id)}</code>, valid until '
             f"{esc(_when(minted.record.expires_at))}</label></p>"
             f'<code class="secret" id="token">{esc(minted.token)}</code>'
-            "<p>On the spoke host:</p>"
+            "<p>On the spoke host, run this and paste the join token when it asks:</p>"
             f'<code class="secret" id="command">{esc(command)}</code>'
             '<p><a href="/admin/">Back to the fleet</a></p>'
         )

@@ -50,6 +50,9 @@ from .jointokens import consume_join_token
 
 log = logging.getLogger("valetkey.boxes.hub")
 
+#: the first frame (hello or enroll) of a connection that is not authenticated yet
+HELLO_MAX_BYTES = 4096
+
 
 @dataclass(eq=False)
 class SpokeLink:
@@ -169,8 +172,9 @@ class Hub:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         link.pending[call_id] = future
         try:
-            await link.send(text)
+            # the send is inside the deadline: a spoke that stops reading cannot hold the call
             async with asyncio.timeout(seconds):
+                await link.send(text)
                 frame = await future
         except TimeoutError:
             raise RuntimeUnavailable(
@@ -296,7 +300,8 @@ class Hub:
             data = _data(message)
             if data is None:
                 return
-            frame = proto.decode(data, max_bytes)
+            # nothing large is parsed before a spoke is authenticated
+            frame = proto.decode(data, min(max_bytes, HELLO_MAX_BYTES))
             spoke, credential = await self.authenticate(frame)
         except _Refused as refused:
             log.warning("refused a spoke connection: %s", refused.reason)

@@ -152,7 +152,7 @@ class BoxManager:
         self._creating: set[str] = set()
         self._submitting: dict[str, asyncio.Lock] = {}
         #: exec and logs share the engine's worker threads with everything else: bounded
-        self._engine_calls = anyio.CapacityLimiter(ENGINE_CALLS)
+        self._limiters: dict[str, anyio.CapacityLimiter] = {}
         #: ``spoke name → BoxRuntime`` of remote spokes (set by clustering; None: local only)
         self.spoke_runtime: Callable[[str], BoxRuntime] | None = None
         #: names of every enrolled remote spoke, for list fan-out (set by clustering)
@@ -176,6 +176,15 @@ class BoxManager:
                 "(clustering is not configured)"
             )
         return self.spoke_runtime(spoke)
+
+    def _limit(self, spoke: str | None) -> anyio.CapacityLimiter:
+        """Engine calls are bounded per place they run: one stuck spoke cannot take the slots
+        of this server's own boxes or of other spokes."""
+        key = spoke or ""
+        limiter = self._limiters.get(key)
+        if limiter is None:
+            limiter = self._limiters[key] = anyio.CapacityLimiter(ENGINE_CALLS)
+        return limiter
 
     async def runtime_of(self, box_id: str) -> BoxRuntime:
         """The runtime of an existing box (its session names the spoke)."""
@@ -421,6 +430,13 @@ class BoxManager:
                 log.warning("list: skipped spoke %s: %s", name, error)
                 continue
             for reported in boxes:
+                # a spoke speaks for its own boxes only: not the hub's, not another spoke's,
+                # not one whose session names another spoke
+                session = sessions.get(reported.id)
+                owned = session.spoke == name if session is not None else True
+                if not owned or reported.id in where:
+                    log.warning("list: spoke %s reported box %s it does not own", name, reported.id)
+                    continue
                 where[reported.id] = (name, reported)
         failed = {s["spoke"]: s["error"] for s in skipped}
         rows = []
@@ -456,7 +472,7 @@ class BoxManager:
                 "exec is possible once it is ready"
             )
         runtime = self.runtime_for(session.spoke if session else None)
-        async with self._engine_calls:
+        async with self._limit(session.spoke if session else None):
             result = await runtime.exec(box_id, command, timeout=timeout)
         return replace(result, stdout=redact_text(result.stdout), stderr=redact_text(result.stderr))
 
@@ -465,8 +481,10 @@ class BoxManager:
         check_box_id(box_id)
         if not 1 <= tail <= 10_000:
             raise InvalidInput("tail: between 1 and 10000 lines")
-        runtime = await self.runtime_of(box_id)
-        async with self._engine_calls:
+        session = await self._session(box_id)
+        spoke = session.spoke if session else None
+        runtime = self.runtime_for(spoke)
+        async with self._limit(spoke):
             text = await runtime.logs(box_id, tail)
         return redact_text(text[-MAX_LOG_BYTES:])
 

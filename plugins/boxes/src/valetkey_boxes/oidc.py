@@ -108,6 +108,9 @@ def refusal(config: OidcConfig, identity: Identity) -> str | None:
     """Why ``identity`` may not activate boxes, or None when it may."""
     if not identity.email or "@" not in identity.email:
         return "the provider did not give an e-mail address"
+    if not identity.email.isascii():
+        # str.lower() folds look-alikes (the Kelvin sign K → k): compare plain ASCII only
+        return "this e-mail address has non-ASCII characters; ask for an ASCII address"
     if not identity.email_verified:
         return "the provider has not verified this e-mail address"
     if config.hosted_domain and identity.hd != config.hosted_domain:
@@ -120,7 +123,7 @@ def refusal(config: OidcConfig, identity: Identity) -> str | None:
 
 def is_admin(config: BoxesConfig, identity: Identity) -> bool:
     """A verified e-mail on ``[plugin.boxes] admins`` (and in the hosted domain, if set)."""
-    if not identity.email_verified or not identity.email:
+    if not identity.email_verified or not identity.email or not identity.email.isascii():
         return False
     if config.oidc.hosted_domain and identity.hd != config.oidc.hosted_domain:
         return False

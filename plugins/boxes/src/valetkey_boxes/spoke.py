@@ -11,9 +11,9 @@ hub over one outbound WebSocket.
   calls concurrently until the connection ends; a lost connection is retried with exponential
   backoff (1 s, doubling to 30 s, back to 1 s after a connection that lasted a minute). A refused
   token or credential, a taken name or a superseded connection stops it (:class:`SpokeRefused`).
-- The credential: ``spoke.toml`` in ``$VALETKEY_HOME`` (hub URL, name, spoke id; 0600) and the
-  credential itself in the OS keyring (service ``valetkey-spoke``, account = the spoke id); with
-  no usable keyring (headless hosts, containers, CI) it goes into ``spoke.toml`` with a warning.
+- The credential: ``spoke.toml`` in ``$VALETKEY_HOME`` (hub URL, name, spoke id; 0600); the
+  credential itself in valetkey's secret store (``kernel.secret_store``: the OS keyring, or
+  AES-GCM encrypted files when there is none — never plaintext), under ``valetkey-spoke:<id>``.
 
 Neither the join token nor the credential is ever logged, put in an exception or in argv.
 """
@@ -42,6 +42,7 @@ from valetkey_hookspecs import (
     ExecResult,
     InvalidInput,
     NotFound,
+    SecretStore,
     ValetkeyError,
 )
 from valetkey_hookspecs.boxes import check_box_id
@@ -196,29 +197,14 @@ class SpokeCredential:
     stored_in: str = "keyring"
 
 
-class _NoKeyring(Exception):
-    """No usable OS keyring; the message says why."""
-
-
-def _keyring() -> Any:
-    try:
-        from valetkey_secrets_keyring.store import (  # type: ignore[import-untyped,unused-ignore]
-            find_keyring,
-        )
-    except ImportError:
-        raise _NoKeyring("the secrets-keyring plugin is not installed") from None
-    backend, reason = find_keyring(KEYRING_SERVICE)
-    if backend is None:
-        raise _NoKeyring(reason)
-    return backend
-
-
 def credential_path(home: Path) -> Path:
     """Where the spoke's enrollment is kept."""
     return home / CREDENTIAL_FILE
 
 
-def load_credential(home: Path, hub_url: str, name: str) -> SpokeCredential | None:
+def load_credential(
+    home: Path, hub_url: str, name: str, secrets: SecretStore
+) -> SpokeCredential | None:
     """The saved enrollment at ``hub_url`` as ``name``; None when there is none (or it is for
     another hub or name). ``ConfigError`` when the file is unreadable or the credential lost."""
     file = credential_path(home)
@@ -233,45 +219,33 @@ def load_credential(home: Path, hub_url: str, name: str) -> SpokeCredential | No
     spoke_id = data.get("spoke_id")
     if not isinstance(spoke_id, str) or not spoke_id:
         raise ConfigError(f"{file}: no spoke_id")
-    in_file = data.get("credential")
-    try:
-        value = _keyring().get_password(KEYRING_SERVICE, spoke_id)
-    except _NoKeyring:
-        value = None
-    except Exception as exc:
-        log.warning("the keyring failed: %s", type(exc).__name__)
-        value = None
+    value = secrets.get(_secret_key(spoke_id))
     if isinstance(value, str) and value:
         register_secret(value)
-        return SpokeCredential(hub_url.rstrip("/"), name, spoke_id, value, "keyring")
-    if isinstance(in_file, str) and in_file:
-        register_secret(in_file)
-        return SpokeCredential(hub_url.rstrip("/"), name, spoke_id, in_file, "file")
+        return SpokeCredential(hub_url.rstrip("/"), name, spoke_id, value, secrets.description)
     raise ConfigError(
-        f"{file} names spoke {name!r} but its credential is in neither the OS keyring nor the "
-        "file: enroll again with a new join token (valetkey spoke run ... --enroll)"
+        f"{file} names spoke {name!r} but its credential is not in {secrets.description}: "
+        "enroll again with a new join token (valetkey spoke run ... --enroll)"
     )
 
 
-def save_credential(home: Path, cred: SpokeCredential) -> str | None:
-    """Keep ``cred``: the credential in the OS keyring (else in the file); returns a warning to
-    show when it had to go into the file."""
-    file = credential_path(home)
+def save_credential(home: Path, cred: SpokeCredential, secrets: SecretStore) -> str:
+    """Keep ``cred``: the credential in valetkey's secret store (the OS keyring, or encrypted
+    files when there is none — never plaintext), the rest in ``spoke.toml``; returns where the
+    credential went."""
+    secrets.set(_secret_key(cred.spoke_id), cred.credential)
     lines = [
         "# valetkey spoke enrollment (written by 'valetkey spoke run'; do not edit)",
         f"hub_url = {json.dumps(cred.hub_url.rstrip('/'))}",
         f"name = {json.dumps(cred.name)}",
         f"spoke_id = {json.dumps(cred.spoke_id)}",
     ]
-    warning = None
-    try:
-        _keyring().set_password(KEYRING_SERVICE, cred.spoke_id, cred.credential)
-    except Exception as exc:
-        why = str(exc) if isinstance(exc, _NoKeyring) else type(exc).__name__
-        warning = f"no usable OS keyring ({why}): the spoke credential is kept in {file} (0600)"
-        lines.append(f"credential = {json.dumps(cred.credential)}")
-    atomic_write(file, ("\n".join(lines) + "\n").encode("utf-8"), mode=0o600)
-    return warning
+    atomic_write(credential_path(home), ("\n".join(lines) + "\n").encode("utf-8"), mode=0o600)
+    return secrets.description
+
+
+def _secret_key(spoke_id: str) -> str:
+    return f"{KEYRING_SERVICE}:{spoke_id}"
 
 
 # =========================================================================== the connection

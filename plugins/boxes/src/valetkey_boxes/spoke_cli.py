@@ -248,7 +248,7 @@ def run(*, hub: str, name: str, token_stdin: bool = False, enroll: bool = False)
             'empty; add patterns, e.g. images = ["ghcr.io/acme/agent-box:*"]'
         )
     home = kernel.home
-    saved = None if enroll else load_credential(home, hub, name)
+    saved = None if enroll else load_credential(home, hub, name, kernel.secret_store)
     token: str | None = None
     if saved is None:
         if token_stdin or sys.stdin.isatty():
@@ -263,9 +263,8 @@ def run(*, hub: str, name: str, token_stdin: bool = False, enroll: bool = False)
         _say(f"spoke {name} is enrolled already ({credential_path(home)}): join token not used")
 
     def save(cred: Any) -> None:
-        warning = save_credential(home, cred)
-        if warning:
-            _say(f"valetkey: warning: {warning}")
+        where = save_credential(home, cred, kernel.secret_store)
+        _say(f"spoke {name}: credential kept in {where}")
 
     def connected(spoke_id: str) -> None:
         _say(f"spoke {name} ({spoke_id}) connected to {hub}")
