@@ -17,6 +17,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import browser  # tests/fixtures (on pythonpath)
 import httpx
 import pytest
 from dockerd import docker_host, dockerd  # tests/fixtures (on pythonpath)
@@ -212,8 +213,6 @@ async def test_restart_restores_sessions_and_drops_a_box_removed_by_hand(served,
 
 
 def test_the_auth_page_in_headless_chromium(served, dockerd):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -228,21 +227,7 @@ def test_the_auth_page_in_headless_chromium(served, dockerd):
 
     created = anyio.run(create)
     wait_for_login_link(created["auth_url"])
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver = browser.chromium()
     try:
         driver.get(created["auth_url"])
         assert "Sign the box browser in" in driver.find_element(By.TAG_NAME, "h1").text
@@ -251,7 +236,7 @@ def test_the_auth_page_in_headless_chromium(served, dockerd):
         driver.find_element(By.ID, "code").send_keys(CODE)
         driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
         try:
-            WebDriverWait(driver, 20).until(
+            WebDriverWait(driver, 20, ignored_exceptions=browser.navigating()).until(
                 ec.text_to_be_present_in_element((By.TAG_NAME, "h1"), "is ready")
             )
         except Exception:

@@ -20,6 +20,7 @@ import sys
 import time
 
 import anyio
+import browser  # tests/fixtures (on pythonpath)
 import httpx
 import pytest
 from dockerd import docker_host, dockerd  # tests/fixtures (on pythonpath)
@@ -135,25 +136,7 @@ def call(url, tool, **args):
 
 
 def chromium():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--window-size=390,844",  # a phone
-    ):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    return browser.chromium("390,844")  # a phone
 
 
 def sign_in_at_provider(driver, issuer, account, back_to):
@@ -263,7 +246,7 @@ def test_an_allowed_person_activates_a_box_and_is_no_admin(fleet, oidc_server, d
         driver.find_element(By.ID, "code").send_keys(CODE)
         driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
         try:
-            WebDriverWait(driver, 20).until(
+            WebDriverWait(driver, 20, ignored_exceptions=browser.navigating()).until(
                 ec.text_to_be_present_in_element((By.TAG_NAME, "h1"), "is ready")
             )
         except TimeoutException:
