@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 
-from valetkey_boxes.manager import BoxManager, hash_token
+from valetkey_boxes.manager import BoxManager, hash_token, manager_for
 from valetkey_hookspecs import (
     BoxFile,
     BoxHookResult,
@@ -478,3 +478,27 @@ async def test_a_stuck_spoke_does_not_hold_the_local_boxes_calls(kernel):
         task.cancel()
     await kernel.store.boxes.delete("far")
     await manager.destroy("local1")
+
+
+async def test_only_the_server_holding_the_reaper_lease_reaps(kernel):
+    import asyncio as _asyncio
+
+    from valetkey_boxes.service import REAPER_LEASE, reaper
+
+    manager = manager_for(kernel)
+    manager.config = replace(manager.config, reap_every=0.05)
+    calls = []
+
+    async def counted():
+        calls.append(1)
+        return []
+
+    manager.reap = counted
+    assert await kernel.store.leases.acquire(REAPER_LEASE, "another-server", 60)
+    task = _asyncio.ensure_future(reaper(kernel))
+    await _asyncio.sleep(0.3)
+    assert calls == []  # another server holds the lease
+    await kernel.store.leases.release(REAPER_LEASE, "another-server")
+    await _asyncio.sleep(0.3)
+    task.cancel()
+    assert calls  # taken over once the lease was free
