@@ -136,3 +136,25 @@ def daemon(env):
     env.remember()
     yield client
     client.close()
+
+
+@pytest.fixture
+def front(gate, tmp_path):
+    """``async with front() as port``: the real proxy engine (``ProxyServer``) on 127.0.0.1 with
+    this test's gate, serving its local endpoints (``/_aws/``, ``/mcp/``) over real sockets."""
+    import contextlib
+
+    from valetkey_proxy.ca import LocalCA
+    from valetkey_proxy.server import ProxyServer
+
+    @contextlib.asynccontextmanager
+    async def serve():
+        ca = LocalCA.load_or_create(tmp_path / "ca", sealer=None)
+        server = ProxyServer(gate, ca, host="127.0.0.1", port=0)
+        await server.start()
+        try:
+            yield server.port
+        finally:
+            await server.close()
+
+    return serve

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import re
 import socket
@@ -17,7 +16,6 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 import pytest
-import uvicorn
 
 from valetkey.kernel import load
 from valetkey.policy import parse_policy
@@ -347,74 +345,6 @@ async def test_an_extra_ca_is_added_to_botocores_bundle_for_sts(kernel, tmp_path
 
 
 # ------------------------------------------------------------------ through real sockets
-
-
-@contextlib.asynccontextmanager
-async def serve_local(gate):
-    """A minimal HTTP front (uvicorn) handing every request to ``gate.local`` — the proxy
-    engine's local-endpoint path, without the engine."""
-
-    async def app(scope, receive, send):
-        if scope["type"] != "http":
-            return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
-        target = scope["raw_path"].decode() + (
-            "?" + scope["query_string"].decode() if scope["query_string"] else ""
-        )
-        request = Request(scope["method"], "http", "127.0.0.1", 0, target, headers, body)
-        proxy_auth = request.header("proxy-authorization")
-        request.headers = [(k, v) for k, v in headers if k.lower() != "proxy-authorization"]
-        response = await gate.local(request, proxy_auth) or Response(404, [], b"not found")
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status,
-                "headers": [(k.encode(), v.encode()) for k, v in response.headers],
-            }
-        )
-        await send({"type": "http.response.body", "body": response.body})
-
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        await task
-
-
-@contextlib.asynccontextmanager
-async def serve_proxy(gate, tmp_path):
-    """The real proxy engine (server.py), once it exists."""
-    try:
-        from valetkey_proxy.ca import LocalCA
-        from valetkey_proxy.server import ProxyServer
-    except ImportError as exc:
-        pytest.skip(f"valetkey_proxy.server.ProxyServer is not available yet: {exc}")
-    ca = LocalCA.load_or_create(tmp_path / "ca", sealer=None)
-    server = ProxyServer(gate, ca, host="127.0.0.1", port=0)
-    await server.start()
-    try:
-        yield server.port
-    finally:
-        await server.close()
-
-
-@pytest.fixture(params=["test-front", "proxy-server"])
-def front(request, gate, tmp_path):
-    if request.param == "test-front":
-        return lambda: serve_local(gate)
-    return lambda: serve_proxy(gate, tmp_path)
 
 
 async def test_botocore_container_provider_gets_the_assumed_role(
