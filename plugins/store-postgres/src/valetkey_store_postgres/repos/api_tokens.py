@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import builtins
 from datetime import datetime
-from typing import Any
 
 from valetkey_hookspecs.errors import Conflict, NotFound
+from valetkey_hookspecs.sqlrows import token_from
 from valetkey_hookspecs.types import ApiToken
 
-from ..codec import from_us, opt_from_us, opt_to_us, to_us
+from ..codec import opt_to_us, to_us
 from ..db import Database
 
 COLUMNS = "id, owner, token_hash, name, created_at, last_used_at"
-
-
-def token_from(row: Any) -> ApiToken:
-    """An ``ApiToken`` from a row."""
-    return ApiToken(
-        id=row["id"],
-        owner=row["owner"],
-        token_hash=row["token_hash"],
-        name=row["name"],
-        created_at=from_us(row["created_at"]),
-        last_used_at=opt_from_us(row["last_used_at"]),
-    )
 
 
 class PostgresApiTokens:

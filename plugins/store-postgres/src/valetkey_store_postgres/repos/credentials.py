@@ -15,16 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from valetkey_hookspecs.errors import Conflict, InvalidInput, NotFound, PluginError
 from valetkey_hookspecs.interfaces import Rewrap
+from valetkey_hookspecs.sqlrows import connection_from, credential_from
 from valetkey_hookspecs.types import Connection, Credential, CredentialKind, Sealed
 
-from ..codec import enum_value, from_us, now_us, opt_from_us, opt_to_us, sealed_from, to_us
+from ..codec import enum_value, now_us, opt_to_us, to_us
 from ..db import Database
 from .connections import COLUMNS as CONNECTION_COLUMNS
-from .connections import connection_from
 from .leases import DB_NOW_US
 
 COLUMNS = (
@@ -59,21 +58,6 @@ _CLAIM = (
     "LEFT JOIN claimed ON claimed.name = $3 || picked.connection_id "
     "ORDER BY picked.expires_at, picked.id"
 )
-
-
-def credential_from(row: Any, prefix: str = "") -> Credential:
-    """A ``Credential`` from a row (columns optionally prefixed, for joins)."""
-    return Credential(
-        id=row[f"{prefix}id"],
-        connection_id=row[f"{prefix}connection_id"],
-        kind=CredentialKind(row[f"{prefix}kind"]),
-        sealed=sealed_from(
-            row[f"{prefix}ciphertext"], row[f"{prefix}wrapped_key"], row[f"{prefix}key_id"]
-        ),
-        expires_at=opt_from_us(row[f"{prefix}expires_at"]),
-        version=row[f"{prefix}version"],
-        updated_at=from_us(row[f"{prefix}updated_at"]),
-    )
 
 
 def _none(connection_id: str) -> NotFound:

@@ -8,40 +8,16 @@ from __future__ import annotations
 
 import builtins
 from datetime import datetime
-from typing import Any
 
 from valetkey_hookspecs.errors import Conflict, NotFound
+from valetkey_hookspecs.sqlrows import join_token_from, spoke_from
 from valetkey_hookspecs.types import JoinToken, Spoke
 
-from ..codec import from_json, from_us, opt_from_us, opt_to_us, to_json, to_us
+from ..codec import opt_to_us, to_json, to_us
 from ..db import Database
 
 COLUMNS = "id, name, credential_hash, created_at, last_seen_at, data"
 JOIN_COLUMNS = "id, token_hash, expires_at, created_at, used_at, used_by"
-
-
-def spoke_from(row: Any) -> Spoke:
-    """A ``Spoke`` from a row."""
-    return Spoke(
-        id=row["id"],
-        name=row["name"],
-        credential_hash=row["credential_hash"],
-        created_at=from_us(row["created_at"]),
-        last_seen_at=opt_from_us(row["last_seen_at"]),
-        data=from_json(row["data"]),
-    )
-
-
-def join_token_from(row: Any) -> JoinToken:
-    """A ``JoinToken`` from a row."""
-    return JoinToken(
-        id=row["id"],
-        token_hash=row["token_hash"],
-        expires_at=from_us(row["expires_at"]),
-        created_at=from_us(row["created_at"]),
-        used_at=opt_from_us(row["used_at"]),
-        used_by=row["used_by"],
-    )
 
 
 class PostgresSpokes:

@@ -8,31 +8,15 @@ servers.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from valetkey_hookspecs.errors import NotFound
+from valetkey_hookspecs.sqlrows import record_from
 from valetkey_hookspecs.types import TransientRecord
 
-from ..codec import from_json, from_us, now_us, sealed_from, to_json, to_us
+from ..codec import now_us, to_json, to_us
 from ..db import Database
 
 COLUMNS = "kind, key, owner, data, ciphertext, wrapped_key, key_id, expires_at, created_at"
-
-
-def record_from(row: Any) -> TransientRecord:
-    """A ``TransientRecord`` from a row."""
-    sealed = None
-    if row["ciphertext"] is not None:
-        sealed = sealed_from(row["ciphertext"], row["wrapped_key"], row["key_id"])
-    return TransientRecord(
-        kind=row["kind"],
-        key=row["key"],
-        owner=row["owner"],
-        data=from_json(row["data"]),
-        sealed=sealed,
-        expires_at=from_us(row["expires_at"]),
-        created_at=from_us(row["created_at"]),
-    )
 
 
 def _missing(kind: str, key: str) -> NotFound:

@@ -3,29 +3,17 @@
 from __future__ import annotations
 
 import builtins
-import sqlite3
 from datetime import datetime
 
 from valetkey_hookspecs.errors import Conflict, NotFound
+from valetkey_hookspecs.sqlrows import token_from
 from valetkey_hookspecs.types import ApiToken
 
-from ..codec import from_us, opt_from_us, opt_to_us, to_us
+from ..codec import opt_to_us, to_us
 from ..db import Database
 from ._sql import where
 
 COLUMNS = "id, owner, token_hash, name, created_at, last_used_at"
-
-
-def token_from(row: sqlite3.Row) -> ApiToken:
-    """An ``ApiToken`` from a row."""
-    return ApiToken(
-        id=row["id"],
-        owner=row["owner"],
-        token_hash=row["token_hash"],
-        name=row["name"],
-        created_at=from_us(row["created_at"]),
-        last_used_at=opt_from_us(row["last_used_at"]),
-    )
 
 
 class SqliteApiTokens:

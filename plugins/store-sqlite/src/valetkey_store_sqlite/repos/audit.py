@@ -17,6 +17,7 @@ from typing import Any
 
 from valetkey_hookspecs.audit import GENESIS, audit_hash
 from valetkey_hookspecs.errors import InvalidInput
+from valetkey_hookspecs.sqlrows import event_from
 from valetkey_hookspecs.types import AuditEntry, AuditEvent, utcnow
 
 from ..codec import from_json, from_us, to_us
@@ -24,21 +25,6 @@ from ..db import Database
 from ._sql import where
 
 COLUMNS = "seq, at, action, actor, owner, connection_id, detail, prev_hash, hash"
-
-
-def event_from(row: sqlite3.Row) -> AuditEvent:
-    """An ``AuditEvent`` from a row."""
-    return AuditEvent(
-        seq=row["seq"],
-        at=from_us(row["at"]),
-        action=row["action"],
-        actor=row["actor"],
-        owner=row["owner"],
-        connection_id=row["connection_id"],
-        detail=from_json(row["detail"]),
-        prev_hash=row["prev_hash"],
-        hash=row["hash"],
-    )
 
 
 def _detail_json(detail: Mapping[str, Any] | None) -> str:

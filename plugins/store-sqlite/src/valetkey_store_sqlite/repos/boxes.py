@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import builtins
-import sqlite3
 
 from valetkey_hookspecs.errors import Conflict, NotFound
+from valetkey_hookspecs.sqlrows import session_from
 from valetkey_hookspecs.types import BoxSession, BoxStatus
 
-from ..codec import enum_value, from_json, from_us, to_json, to_us
+from ..codec import enum_value, to_json, to_us
 from ..db import Database
 from ._sql import where
 
@@ -16,24 +16,6 @@ COLUMNS = (
     "box_id, token_hash, image, runtime, status, description, spoke, error, session_url, "
     "hook_state, created_at, updated_at"
 )
-
-
-def session_from(row: sqlite3.Row) -> BoxSession:
-    """A ``BoxSession`` from a row."""
-    return BoxSession(
-        box_id=row["box_id"],
-        token_hash=row["token_hash"],
-        image=row["image"],
-        runtime=row["runtime"],
-        status=BoxStatus(row["status"]),
-        description=row["description"],
-        spoke=row["spoke"],
-        error=row["error"],
-        session_url=row["session_url"],
-        hook_state=from_json(row["hook_state"]),
-        created_at=from_us(row["created_at"]),
-        updated_at=from_us(row["updated_at"]),
-    )
 
 
 class SqliteBoxSessions:

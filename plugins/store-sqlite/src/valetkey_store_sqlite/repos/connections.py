@@ -4,33 +4,18 @@
 from __future__ import annotations
 
 import builtins
-import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
 from valetkey_hookspecs.errors import Conflict, NotFound
+from valetkey_hookspecs.sqlrows import connection_from
 from valetkey_hookspecs.types import Connection, ConnectionStatus
 
-from ..codec import enum_value, from_json, from_us, now_us, to_json, to_us
+from ..codec import enum_value, now_us, to_json, to_us
 from ..db import Database
 from ._sql import where
 
 COLUMNS = "id, owner, connector, status, label, error, created_at, updated_at, metadata"
-
-
-def connection_from(row: sqlite3.Row, prefix: str = "") -> Connection:
-    """A ``Connection`` from a row (columns optionally prefixed, for joins)."""
-    return Connection(
-        id=row[f"{prefix}id"],
-        owner=row[f"{prefix}owner"],
-        connector=row[f"{prefix}connector"],
-        status=ConnectionStatus(row[f"{prefix}status"]),
-        label=row[f"{prefix}label"],
-        error=row[f"{prefix}error"],
-        created_at=from_us(row[f"{prefix}created_at"]),
-        updated_at=from_us(row[f"{prefix}updated_at"]),
-        metadata=from_json(row[f"{prefix}metadata"]),
-    )
 
 
 def _missing(connection_id: str) -> NotFound:

@@ -13,12 +13,12 @@ from datetime import datetime, timedelta
 
 from valetkey_hookspecs.errors import Conflict, InvalidInput, NotFound, PluginError
 from valetkey_hookspecs.interfaces import Rewrap
+from valetkey_hookspecs.sqlrows import connection_from, credential_from
 from valetkey_hookspecs.types import Connection, Credential, CredentialKind, Sealed, utcnow
 
-from ..codec import enum_value, from_us, now_us, opt_from_us, opt_to_us, sealed_from, to_us
+from ..codec import enum_value, now_us, opt_to_us, to_us
 from ..db import Database
 from .connections import COLUMNS as CONNECTION_COLUMNS
-from .connections import connection_from
 
 COLUMNS = (
     "id, connection_id, kind, ciphertext, wrapped_key, key_id, expires_at, version, updated_at"
@@ -27,21 +27,6 @@ _JOINED = ", ".join(
     [f"c.{name} AS c_{name}" for name in CONNECTION_COLUMNS.split(", ")]
     + [f"cr.{name} AS cr_{name}" for name in COLUMNS.split(", ")]
 )
-
-
-def credential_from(row: sqlite3.Row, prefix: str = "") -> Credential:
-    """A ``Credential`` from a row (columns optionally prefixed, for joins)."""
-    return Credential(
-        id=row[f"{prefix}id"],
-        connection_id=row[f"{prefix}connection_id"],
-        kind=CredentialKind(row[f"{prefix}kind"]),
-        sealed=sealed_from(
-            row[f"{prefix}ciphertext"], row[f"{prefix}wrapped_key"], row[f"{prefix}key_id"]
-        ),
-        expires_at=opt_from_us(row[f"{prefix}expires_at"]),
-        version=row[f"{prefix}version"],
-        updated_at=from_us(row[f"{prefix}updated_at"]),
-    )
 
 
 def _none(connection_id: str) -> NotFound:

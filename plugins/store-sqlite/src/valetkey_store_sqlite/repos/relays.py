@@ -4,37 +4,16 @@ deleting a relay deletes its access tokens (foreign key cascade)."""
 from __future__ import annotations
 
 import builtins
-import sqlite3
 
 from valetkey_hookspecs.errors import Conflict, NotFound
+from valetkey_hookspecs.sqlrows import access_token_from, relay_from
 from valetkey_hookspecs.types import RelayAccessToken, RelayRecord
 
-from ..codec import from_us, to_us
+from ..codec import to_us
 from ..db import Database
 
 COLUMNS = "id, machine_token_hash, owner, created_at"
 ACCESS_COLUMNS = "id, relay_id, token_hash, name, created_at"
-
-
-def relay_from(row: sqlite3.Row) -> RelayRecord:
-    """A ``RelayRecord`` from a row."""
-    return RelayRecord(
-        id=row["id"],
-        machine_token_hash=row["machine_token_hash"],
-        owner=row["owner"],
-        created_at=from_us(row["created_at"]),
-    )
-
-
-def access_token_from(row: sqlite3.Row) -> RelayAccessToken:
-    """A ``RelayAccessToken`` from a row."""
-    return RelayAccessToken(
-        id=row["id"],
-        relay_id=row["relay_id"],
-        token_hash=row["token_hash"],
-        name=row["name"],
-        created_at=from_us(row["created_at"]),
-    )
 
 
 class SqliteRelays:
