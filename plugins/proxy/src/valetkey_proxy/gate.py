@@ -18,6 +18,7 @@ import base64
 import binascii
 import ipaddress
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -50,7 +51,9 @@ from .runs import Registry, Run, RunSpec, is_token, new_run_id, new_token, place
 log = logging.getLogger("valetkey.proxy")
 
 PLACEHOLDER_MARK = "vkph_"
-_PLACEHOLDER_MARK_B = PLACEHOLDER_MARK.encode()
+#: the marker in any case, its ``_`` possibly percent-encoded: one scan, no copies (hot path)
+_MARK = re.compile(r"vkph(?:_|%5f)", re.IGNORECASE)
+_MARK_B = re.compile(rb"vkph(?:_|%5f)", re.IGNORECASE)
 POLICIES = ("permissive", "strict")
 SUBSTITUTIONS = ("headers", "anywhere")
 AWS_CONNECTOR = "aws"
@@ -634,13 +637,14 @@ def _fill(template: str, token: str, api_secret: str) -> str:
 
 
 def _mentions_placeholder(request: Request) -> bool:
-    """Cheap first look (case-insensitive, percent-decoded): does anything hold the marker?"""
-    if PLACEHOLDER_MARK in _folded(request.target):
+    """Cheap first look on every request: does anything hold the marker (any case, ``_`` maybe
+    percent-encoded)? Only then are placeholders looked for one by one."""
+    if _MARK.search(request.target):
         return True
     for _, value in request.headers:
-        if PLACEHOLDER_MARK in _folded(value):
+        if _MARK.search(value):
             return True
-    return _PLACEHOLDER_MARK_B in request.body.lower()
+    return bool(request.body) and _MARK_B.search(request.body) is not None
 
 
 def _folded(text: str) -> str:
