@@ -355,7 +355,7 @@ def bench(args: argparse.Namespace, tmp: Path) -> None:
         f"{spread_s:.1f} s = {spread.rate:,.0f}/s incl. hey start-up; median of per-run p50s "
         f"{spread.p50_ms:.2f} ms; {log_files} request-log files"
     )
-    print(f"  database after all this: {db_mb:.1f} MB (an audit row per vend)")
+    print(f"  database after all this: {db_mb:.1f} MB (grants audited once each)")
     print(
         f"  restart with {persisted} runs in runs.json: API answering {restore_s:.2f} s after "
         f"spawn, {restored} restored, {failures} failed; a restored token's request: {ok_after}"
