@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from valetkey_hookspecs.errors import Conflict, InvalidInput, NotFound, PluginError
 from valetkey_hookspecs.interfaces import Rewrap
@@ -58,6 +59,10 @@ _CLAIM = (
     "LEFT JOIN claimed ON claimed.name = $3 || picked.connection_id "
     "ORDER BY picked.expires_at, picked.id"
 )
+
+
+#: the advisory lock that serializes claims (an arbitrary constant: "vk claim")
+_CLAIM_LOCK = 0x766B_636C_6169_6D
 
 
 def _none(connection_id: str) -> NotFound:
@@ -189,14 +194,17 @@ class PostgresCredentials:
         for _attempt in range(_CLAIM_ATTEMPTS):
             if len(claimed) >= limit:
                 break
-            rows = await self._db.fetch(
-                _CLAIM,
-                to_us(before, "before"),
-                limit - len(claimed),
-                REFRESH_LEASE,
-                holder,
-                int(ttl * 1_000_000),
-            )
+            args = (to_us(before, "before"), limit - len(claimed), REFRESH_LEASE, holder)
+
+            async def claim(conn: Any, args: tuple[Any, ...] = args) -> list[Any]:
+                # claims run one at a time across every server: the claim's snapshot is taken
+                # after the lock, so it sees every earlier claim's lease, refresh and release
+                # (two claims in flight together could each see a credential as due and free)
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _CLAIM_LOCK)
+                rows: list[Any] = await conn.fetch(_CLAIM, *args, int(ttl * 1_000_000))
+                return rows
+
+            rows = await self._db.transaction(claim)
             claimed.extend(credential_from(row) for row in rows if row["won"])
             if all(row["won"] for row in rows):
                 break  # nothing lost to a concurrent claimer: this is all there is
