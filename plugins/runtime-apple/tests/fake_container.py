@@ -49,7 +49,10 @@ def pid_of(cid: str) -> int | None:
     path = folder(cid) / "pid"
     if not path.exists():
         return None
-    pid = int(path.read_text())
+    text = path.read_text().strip()
+    if not text.isdigit():
+        return None
+    pid = int(text)
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -160,7 +163,10 @@ def cmd_start(args: list[str]) -> None:
         env=environment(config),
         start_new_session=True,
     )
-    (folder(cid) / "pid").write_text(str(child.pid))
+    # written whole (temp file + rename): a concurrent 'inspect' never reads it half-written
+    tmp = folder(cid) / "pid.tmp"
+    tmp.write_text(str(child.pid))
+    tmp.replace(folder(cid) / "pid")
     if not interactive:
         print(cid)
         return
